@@ -1,0 +1,469 @@
+"""JobQueue: the task registry, the enqueue API and the entry point of workers.
+
+One :class:`JobQueue` is one jobqueue schema in one database. Producers use it
+to enqueue (inside their own transaction when they pass ``conn=``); workers
+load the same object to find the handlers of the tasks they claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, overload
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from jobqueue import embedded, enqueue
+from jobqueue.config import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_PAYLOAD_LIMIT,
+    DEFAULT_QUEUE,
+    Settings,
+    resolve_dsn,
+    resolve_schema,
+)
+from jobqueue.errors import DuplicateTaskError, PayloadError, UnknownTaskError
+from jobqueue.tasks import Retry, Task
+
+F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
+TaskRef = Task | str | Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One queue's depth, as ``jobqueue stats`` shows it."""
+
+    queue: str
+    queued: int
+    scheduled: int
+    running: int
+    dead: int
+    oldest_age: float | None
+
+
+class JobQueue:
+    """A job queue living in ``schema`` of the database at ``dsn``.
+
+    ``dsn`` defaults to ``$JOBQUEUE_DSN``, else the embedded Postgres (started
+    on first use). Nothing connects until the first enqueue or worker start.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        schema: str | None = None,
+        payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+        connect_timeout: float = 5.0,
+        default_queue: str = DEFAULT_QUEUE,
+        default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        default_retry: Retry | None = None,
+    ) -> None:
+        self.settings = Settings(
+            dsn=resolve_dsn(dsn),
+            schema=resolve_schema(schema),
+            payload_limit=payload_limit,
+            connect_timeout=connect_timeout,
+        )
+        self.default_queue = default_queue
+        self.default_max_attempts = default_max_attempts
+        self.default_retry = default_retry or Retry()
+        self.tasks: dict[str, Task] = {}
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = None
+        self._apool: AsyncConnectionPool[Any] | None = None
+        self._schema_ok = False
+
+    def __repr__(self) -> str:
+        return f"JobQueue(schema={self.settings.schema!r}, tasks={sorted(self.tasks)})"
+
+    # -- configuration ------------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str:
+        """The DSN in use; resolving it may start the embedded Postgres."""
+        return self.settings.dsn if self.settings.dsn is not None else embedded.dsn()
+
+    @property
+    def schema(self) -> str:
+        return self.settings.schema
+
+    @property
+    def uses_embedded(self) -> bool:
+        return self.settings.dsn is None
+
+    # -- task registry ------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: F, /) -> Task: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        pass_context: bool = False,
+    ) -> Callable[[F], Task]: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        pass_context: bool = False,
+    ) -> Task | Callable[[F], Task]:
+        """Register a handler: ``@app.task`` or ``@app.task(queue=..., max_attempts=...)``."""
+
+        def register(func: Callable[..., Any]) -> Task:
+            task = Task(
+                fn=func,
+                name=name or func.__name__,
+                queue=queue or self.default_queue,
+                priority=enqueue.check_priority(priority),
+                max_attempts=max_attempts or self.default_max_attempts,
+                timeout=timeout,
+                retry=retry or self.default_retry,
+                pass_context=pass_context,
+            )
+            with self._lock:
+                if task.name in self.tasks:
+                    raise DuplicateTaskError(f"a task named {task.name!r} is already registered")
+                self.tasks[task.name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, ref: TaskRef) -> Task:
+        name = self._task_name(ref)
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTaskError(
+                f"unknown task {name!r} (registered: {', '.join(sorted(self.tasks)) or 'none'}); "
+                "pass strict=False to enqueue for a task this process does not import"
+            ) from None
+
+    @staticmethod
+    def _task_name(ref: TaskRef) -> str:
+        if isinstance(ref, Task):
+            return ref.name
+        if isinstance(ref, str):
+            return ref
+        if callable(ref):
+            return str(getattr(ref, "__name__", ref))
+        raise TypeError(f"not a task: {ref!r}")
+
+    # -- building rows ------------------------------------------------------------------
+
+    def _resolve(self, ref: TaskRef, strict: bool) -> tuple[str, Task | None]:
+        name = self._task_name(ref)
+        task = self.tasks.get(name)
+        if task is None and strict:
+            self.get_task(name)  # raises UnknownTaskError with the message
+        return name, task
+
+    def _params(
+        self,
+        ref: TaskRef,
+        args: Mapping[str, Any] | None,
+        *,
+        queue: str | None,
+        priority: int | None,
+        run_at: datetime | None,
+        delay: float | timedelta | None,
+        unique_key: str | None,
+        max_attempts: int | None,
+        strict: bool,
+    ) -> dict[str, Any]:
+        name, task = self._resolve(ref, strict)
+        if run_at is not None and delay is not None:
+            raise PayloadError("pass run_at or delay, not both")
+        return {
+            "task": name,
+            "args": enqueue.encode_args(args, self.settings.payload_limit),
+            "queue": queue or (task.queue if task else self.default_queue),
+            "priority": enqueue.check_priority(
+                priority if priority is not None else (task.priority if task else 0)),
+            "run_at": enqueue.check_run_at(run_at),
+            "delay": enqueue.delay_seconds(delay),
+            "max_attempts": enqueue.check_max_attempts(
+                max_attempts or (task.max_attempts if task else self.default_max_attempts)),
+            "unique_key": unique_key,
+            "channel": self.settings.channel,
+        }
+
+    def _many_params(
+        self,
+        jobs: Iterable[tuple[TaskRef, Mapping[str, Any] | None]],
+        *,
+        queue: str | None,
+        priority: int | None,
+        run_at: datetime | None,
+        delay: float | timedelta | None,
+        max_attempts: int | None,
+        strict: bool,
+    ) -> dict[str, Any]:
+        rows = [
+            self._params(ref, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
+                         unique_key=None, max_attempts=max_attempts, strict=strict)
+            for ref, args in jobs
+        ]
+        return {
+            "queues": [r["queue"] for r in rows],
+            "tasks": [r["task"] for r in rows],
+            "args": [r["args"] for r in rows],
+            "priorities": [r["priority"] for r in rows],
+            "max_attempts": [r["max_attempts"] for r in rows],
+            "run_at": enqueue.check_run_at(run_at),
+            "delay": enqueue.delay_seconds(delay),
+            "channel": self.settings.channel,
+        }
+
+    # -- pools (only used when the caller passes no connection) ---------------------------
+
+    def pool(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.dsn, min_size=1, max_size=4, open=False,
+                    timeout=self.settings.connect_timeout,
+                    kwargs={"connect_timeout": max(1, int(self.settings.connect_timeout))},
+                    check=ConnectionPool.check_connection,
+                    name="jobqueue-producer",
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    async def apool(self) -> AsyncConnectionPool[Any]:
+        if self._apool is None:
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self.dsn, min_size=1, max_size=4, open=False,
+                timeout=self.settings.connect_timeout,
+                kwargs={"connect_timeout": max(1, int(self.settings.connect_timeout))},
+                check=AsyncConnectionPool.check_connection,
+                name="jobqueue-producer-async",
+            )
+            await pool.open(wait=False)
+            self._apool = pool
+        return self._apool
+
+    def close(self) -> None:
+        """Close the producer pools (the caller's connections are never touched)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        if self._apool is not None:
+            pool, self._apool = self._apool, None
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(pool.close())
+            else:  # pragma: no cover - called from inside a loop: use aclose()
+                raise RuntimeError("use `await app.aclose()` inside an event loop")
+
+    async def aclose(self) -> None:
+        if self._apool is not None:
+            pool, self._apool = self._apool, None
+            await pool.close()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    # -- enqueue ------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        task: TaskRef,
+        args: Mapping[str, Any] | None = None,
+        *,
+        conn: Any = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        unique_key: str | None = None,
+        max_attempts: int | None = None,
+        strict: bool = True,
+    ) -> int:
+        """Enqueue one job and return its id.
+
+        With ``conn`` the job is part of the caller's transaction: it exists
+        if and only if the caller commits, and jobqueue never commits for them.
+        Without ``conn`` jobqueue uses its own pooled connection and commits.
+        """
+        params = self._params(task, args, queue=queue, priority=priority, run_at=run_at,
+                              delay=delay, unique_key=unique_key, max_attempts=max_attempts,
+                              strict=strict)
+        return self._run_sync(conn, lambda c: enqueue.insert_one(c, self.settings, params))
+
+    def enqueue_many(
+        self,
+        jobs: Iterable[tuple[TaskRef, Mapping[str, Any] | None]],
+        *,
+        conn: Any = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        strict: bool = True,
+    ) -> list[int]:
+        """Enqueue many ``(task, args)`` pairs in one statement; ids in input order."""
+        params = self._many_params(jobs, queue=queue, priority=priority, run_at=run_at,
+                                   delay=delay, max_attempts=max_attempts, strict=strict)
+        if not params["tasks"]:
+            return []
+        return self._run_sync(conn, lambda c: enqueue.insert_many(c, self.settings, params))
+
+    async def enqueue_async(
+        self,
+        task: TaskRef,
+        args: Mapping[str, Any] | None = None,
+        *,
+        conn: Any = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        unique_key: str | None = None,
+        max_attempts: int | None = None,
+        strict: bool = True,
+    ) -> int:
+        """:meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy async sessions."""
+        params = self._params(task, args, queue=queue, priority=priority, run_at=run_at,
+                              delay=delay, unique_key=unique_key, max_attempts=max_attempts,
+                              strict=strict)
+
+        async def run(c: psycopg.AsyncConnection[Any]) -> int:
+            return await enqueue.insert_one_async(c, self.settings, params)
+
+        return await self._run_async(conn, run)
+
+    async def enqueue_many_async(
+        self,
+        jobs: Iterable[tuple[TaskRef, Mapping[str, Any] | None]],
+        *,
+        conn: Any = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        run_at: datetime | None = None,
+        delay: float | timedelta | None = None,
+        max_attempts: int | None = None,
+        strict: bool = True,
+    ) -> list[int]:
+        params = self._many_params(jobs, queue=queue, priority=priority, run_at=run_at,
+                                   delay=delay, max_attempts=max_attempts, strict=strict)
+        if not params["tasks"]:
+            return []
+
+        async def run(c: psycopg.AsyncConnection[Any]) -> list[int]:
+            return await enqueue.insert_many_async(c, self.settings, params)
+
+        return await self._run_async(conn, run)
+
+    def _run_sync(self, conn: Any, fn: Callable[[psycopg.Connection[Any]], R]) -> R:
+        from jobqueue.db.drivers import sync_connection
+
+        try:
+            if conn is not None:
+                raw = sync_connection(conn)
+                if not self._schema_ok:
+                    enqueue.probe_schema(raw, self.settings)
+                    self._schema_ok = True
+                return fn(raw)
+            with self.pool().connection() as own:
+                if not self._schema_ok:
+                    enqueue.probe_schema(own, self.settings)
+                    self._schema_ok = True
+                return fn(own)
+        except psycopg.OperationalError as exc:
+            raise enqueue.db_error(exc) from exc
+        except PoolTimeout as exc:
+            raise enqueue.pool_timeout(self.dsn, self.settings, exc) from None
+
+    async def _run_async(
+        self, conn: Any, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[R]]
+    ) -> R:
+        from jobqueue.db.drivers import async_connection
+
+        try:
+            if conn is not None:
+                raw = await async_connection(conn)
+                if not self._schema_ok:
+                    await enqueue.probe_schema_async(raw, self.settings)
+                    self._schema_ok = True
+                return await fn(raw)
+            pool = await self.apool()
+            async with pool.connection() as own:
+                if not self._schema_ok:
+                    await enqueue.probe_schema_async(own, self.settings)
+                    self._schema_ok = True
+                return await fn(own)
+        except psycopg.OperationalError as exc:
+            raise enqueue.db_error(exc) from exc
+        except PoolTimeout as exc:
+            raise enqueue.pool_timeout(self.dsn, self.settings, exc) from None
+
+    # -- operations ---------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Create or upgrade the jobqueue schema (idempotent)."""
+        from jobqueue.db import migrate
+
+        migrate.upgrade(self.dsn, self.schema)
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new, unpooled connection to this queue's database (the caller closes it)."""
+        try:
+            return psycopg.connect(self.dsn,
+                                   connect_timeout=max(1, int(self.settings.connect_timeout)))
+        except psycopg.OperationalError as exc:
+            raise enqueue.db_error(exc) from None
+
+    def stats(self, conn: Any = None) -> list[QueueStats]:
+        """Per-queue depth: ready, scheduled, running, dead and the oldest ready age."""
+        from jobqueue import sql
+
+        def read(c: psycopg.Connection[Any]) -> list[QueueStats]:
+            rows = c.execute(sql.query("queue_stats", self.schema)).fetchall()
+            return [QueueStats(*row) for row in rows]
+
+        return self._run_sync(conn, read)
+
+    def run_worker(
+        self,
+        queues: Iterable[str] | None = None,
+        *,
+        concurrency: int = 10,
+        burst: bool = False,
+        **options: Any,
+    ) -> None:
+        """Run a worker in this process until SIGTERM/SIGINT (or, with burst, until idle)."""
+        from jobqueue.worker import Worker, WorkerConfig
+
+        config = WorkerConfig(
+            queues=tuple(queues) if queues else (self.default_queue,),
+            concurrency=concurrency,
+            burst=burst,
+            **options,
+        )
+        Worker(self, config).run()
+

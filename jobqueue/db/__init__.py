@@ -1,0 +1,1 @@
+"""Database access: connection kinds, pools and migrations."""

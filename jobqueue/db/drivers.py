@@ -1,0 +1,73 @@
+"""Turn whatever connection the caller holds into the psycopg connection under it.
+
+Transactional enqueue means running our INSERT on the caller's own connection,
+inside the caller's open transaction, and never committing it. psycopg
+connections are used as they are; SQLAlchemy connections and sessions (psycopg
+dialect) are unwrapped to the DBAPI connection they are using right now, which
+is inside the transaction SQLAlchemy began.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from jobqueue.errors import UnsupportedConnectionError
+
+_SYNC_KINDS = "psycopg.Connection, SQLAlchemy Connection or Session (psycopg dialect)"
+_ASYNC_KINDS = (
+    "psycopg.AsyncConnection, SQLAlchemy AsyncConnection or AsyncSession (psycopg dialect)"
+)
+
+
+def _unsupported(conn: Any, kinds: str) -> UnsupportedConnectionError:
+    return UnsupportedConnectionError(
+        f"cannot enqueue through a {type(conn).__module__}.{type(conn).__qualname__}; "
+        f"pass a {kinds}"
+    )
+
+
+def sync_connection(conn: Any) -> psycopg.Connection[Any]:
+    """The psycopg connection behind a sync ``conn``."""
+    if isinstance(conn, psycopg.Connection):
+        return conn
+    if isinstance(conn, psycopg.AsyncConnection):
+        raise UnsupportedConnectionError(
+            "an AsyncConnection needs enqueue_async(), not enqueue()"
+        )
+    try:
+        from sqlalchemy.engine import Connection as SAConnection
+        from sqlalchemy.orm import Session
+    except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
+        raise _unsupported(conn, _SYNC_KINDS) from None
+    if isinstance(conn, Session):
+        # Session.connection() joins (or autobegins) the session's transaction.
+        conn = conn.connection()
+    if isinstance(conn, SAConnection):
+        raw = conn.connection.driver_connection
+        if isinstance(raw, psycopg.Connection):
+            return raw
+        raise _unsupported(raw, _SYNC_KINDS + " - use a postgresql+psycopg:// URL")
+    raise _unsupported(conn, _SYNC_KINDS)
+
+
+async def async_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
+    """The psycopg async connection behind an async ``conn``."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
+    if isinstance(conn, psycopg.Connection):
+        raise UnsupportedConnectionError("a sync Connection needs enqueue(), not enqueue_async()")
+    try:
+        from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    except ImportError:  # pragma: no cover
+        raise _unsupported(conn, _ASYNC_KINDS) from None
+    if isinstance(conn, AsyncSession):
+        conn = await conn.connection()
+    if isinstance(conn, AsyncConnection):
+        pooled = await conn.get_raw_connection()
+        raw = pooled.driver_connection
+        if isinstance(raw, psycopg.AsyncConnection):
+            return raw
+        raise _unsupported(raw, _ASYNC_KINDS + " - use a postgresql+psycopg:// URL")
+    raise _unsupported(conn, _ASYNC_KINDS)

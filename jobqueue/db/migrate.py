@@ -1,0 +1,114 @@
+"""Migrations: SQL files are the source of truth, Alembic applies them.
+
+jobqueue keeps its own Alembic version table (``jobqueue_alembic_version``,
+inside the jobqueue schema), so its history lives beside the host
+application's ``alembic_version`` without touching it. Users with their own
+migration tool take the SQL from :func:`sql_script` (``jobqueue migrate --sql``).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import jobqueue
+from jobqueue.errors import ConfigError, DatabaseError
+
+VERSION_TABLE = "jobqueue_alembic_version"
+# Serialises concurrent `jobqueue migrate` runs (say, every worker of a fleet
+# migrating on deploy): the second waits, then finds nothing left to do.
+MIGRATE_LOCK_KEY = 0x6A6F62715F6D6967  # "jobq_mig"
+
+
+def migrations_dir() -> Path:
+    """The Alembic environment: inside the installed wheel, or at the repo top."""
+    package = Path(jobqueue.__file__).resolve().parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise ConfigError("the jobqueue migrations folder is missing from this installation")
+
+
+def _config(schema: str, output: Any = None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config(output_buffer=output) if output is not None else Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["jobqueue_schema"] = schema
+    return cfg
+
+
+def _engine(dsn: str) -> Any:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    # creator= passes the libpq DSN as it is (URI or key=value, sockets
+    # included), with no lossy conversion into a SQLAlchemy URL.
+    return create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(dsn),
+                         poolclass=NullPool)
+
+
+def upgrade(dsn: str, schema: str, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``; a no-op when already there."""
+    from alembic import command
+
+    cfg = _config(schema)
+    engine = _engine(dsn)
+    try:
+        with engine.connect() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+
+
+def sql_script(schema: str, revision: str = "head") -> str:
+    """The SQL that :func:`upgrade` would run on an empty database."""
+    from alembic import command
+
+    buffer = io.StringIO()
+    cfg = _config(schema, output=buffer)
+    command.upgrade(cfg, revision, sql=True)
+    return buffer.getvalue()
+
+
+def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
+    """The applied revision in ``schema``, or None if jobqueue was never migrated there."""
+    table = psycopg.sql.Identifier(schema, VERSION_TABLE).as_string(None)
+    row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    if not row or row[0] is None:
+        return None
+    query = psycopg.sql.SQL("SELECT version_num FROM {}").format(
+        psycopg.sql.Identifier(schema, VERSION_TABLE))
+    found = conn.execute(query).fetchone()
+    return str(found[0]) if found else None
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_config("jobqueue")).get_current_head()
+    if head is None:
+        raise ConfigError("the jobqueue migrations have no head revision")
+    return head
+
+
+def run_sql(text: str) -> None:
+    """Run a migration's SQL file from inside an Alembic revision.
+
+    Online, the file goes to the driver as one simple-protocol query (several
+    statements, no parameters); offline (``--sql``) Alembic prints it.
+    """
+    from alembic import context, op
+
+    if context.is_offline_mode():
+        op.execute(text.rstrip().rstrip(";"))  # Alembic adds its own terminator
+        return
+    raw = op.get_bind().connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    raw.execute(text.encode())  # bytes: psycopg sends it unparsed, without params

@@ -1,0 +1,61 @@
+"""The exception tree of jobqueue.
+
+Two families: :class:`JobQueueError` is what jobqueue raises at its caller
+(bad input, bad configuration, an unreachable or unmigrated database), and
+the handler-side signals :class:`PermanentError` and :class:`RetryAfter` are
+what a task raises to steer its own failure policy.
+"""
+
+from __future__ import annotations
+
+
+class JobQueueError(Exception):
+    """Base of every error jobqueue raises at its caller."""
+
+
+class ConfigError(JobQueueError):
+    """A setting is missing or malformed (DSN, schema name, app path...)."""
+
+
+class PayloadError(JobQueueError, ValueError):
+    """Job args are not a JSON object, not serializable, or too large.
+
+    Raised before any SQL is sent, so the caller's transaction stays usable.
+    """
+
+
+class UnknownTaskError(JobQueueError, LookupError):
+    """A task name that this app has not registered (enqueue with strict=True)."""
+
+
+class DuplicateTaskError(JobQueueError):
+    """Two tasks registered under one name in one app."""
+
+
+class DatabaseError(JobQueueError):
+    """The database could not be reached or refused the operation."""
+
+
+class SchemaNotMigratedError(DatabaseError):
+    """The jobqueue tables are missing: ``jobqueue migrate`` has not been run."""
+
+
+class UnsupportedConnectionError(JobQueueError, TypeError):
+    """``conn=`` is not a connection kind that jobqueue can enqueue through."""
+
+
+class PermanentError(Exception):
+    """Raised by a handler: do not retry, move the job to dead_jobs at once."""
+
+
+class RetryAfter(Exception):
+    """Raised by a handler: retry after ``seconds`` instead of the backoff delay.
+
+    The attempt still counts: a job out of attempts is dead all the same.
+    """
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        if seconds < 0:
+            raise ValueError("RetryAfter needs a delay >= 0")
+        super().__init__(message or f"retry requested after {seconds}s")
+        self.seconds = float(seconds)

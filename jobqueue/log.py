@@ -1,0 +1,51 @@
+"""Logging: structlog, JSON lines when not on a TTY (journald, containers), console on a TTY.
+
+Handlers and services take a bound logger once; per-job events go through the
+filtering bound logger, whose disabled levels are no-op methods, so a debug
+line on the hot path costs one attribute lookup when debug is off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import structlog
+
+_configured = False
+
+
+def configure(level: str | None = None, json: bool | None = None, force: bool = False) -> None:
+    """Configure structlog once per process (``force`` reconfigures)."""
+    global _configured
+    if _configured and not force:
+        return
+    name = (level or os.environ.get("JOBQUEUE_LOG_LEVEL") or "info").upper()
+    numeric = logging.getLevelName(name)
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=True)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info if json else structlog.dev.set_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    _configured = True
+
+
+def get_logger(name: str, **initial: Any) -> Any:
+    configure()
+    return structlog.get_logger(name).bind(logger=name, **initial)

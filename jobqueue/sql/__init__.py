@@ -1,0 +1,55 @@
+"""The SQL of jobqueue, kept in ``.sql`` files and loaded by name.
+
+``queries.sql`` holds one statement per ``-- name: NAME`` header. The schema
+name is an identifier, not a parameter, so each statement is composed once per
+schema through :class:`psycopg.sql.Identifier` and cached; values always travel
+as bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+from psycopg import sql
+
+_HEADER = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def _statements() -> dict[str, str]:
+    text = _read("queries.sql")
+    parts = _HEADER.split(text)
+    # parts = [preamble, name1, body1, name2, body2, ...]
+    out: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in out:
+            raise RuntimeError(f"queries.sql names {name!r} twice")
+        out[name] = body.strip().rstrip(";")
+    return out
+
+
+def statement_names() -> list[str]:
+    """Every statement name in queries.sql."""
+    return list(_statements())
+
+
+@cache
+def query(name: str, schema: str) -> sql.Composed:
+    """The statement called ``name``, composed for ``schema``."""
+    try:
+        text = _statements()[name]
+    except KeyError:
+        raise KeyError(f"no statement named {name!r} in queries.sql") from None
+    return sql.SQL(text).format(schema=sql.Identifier(schema))
+
+
+def schema_revision_text(revision: str, schema: str) -> str:
+    """Schema migration ``revision`` (a file in ``sql/schema``) as text for ``schema``."""
+    quoted = sql.Identifier(schema).as_string(None)
+    return _read(f"schema/{revision}.sql").format(schema=quoted)

@@ -1,0 +1,119 @@
+"""Tasks and their failure policy.
+
+A :class:`Task` is a registered handler plus its defaults (queue, priority,
+attempts, timeout) and its :class:`Retry` policy. :class:`JobContext` is what a
+handler that asks for it (``pass_context=True``) receives about its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from jobqueue.errors import PermanentError, RetryAfter
+
+
+class Decision(Enum):
+    RETRY = "retry"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When and how soon to retry a failed attempt.
+
+    The delay before retry number *n* (n = 1 after the first failure) is
+    ``min(cap, base * 2 ** (n - 1))`` seconds; with ``jitter`` (full jitter) it
+    is drawn uniformly from ``[0, that]``, which spreads a burst of failures
+    instead of retrying them in lockstep.
+
+    ``retry_on`` lists the exception types worth retrying (default: any
+    ``Exception``); ``dead_on`` lists types that dead-letter at once and wins
+    over ``retry_on``. :class:`jobqueue.PermanentError` always dead-letters.
+    """
+
+    base: float = 1.0
+    cap: float = 300.0
+    jitter: bool = True
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    dead_on: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.base < 0 or self.cap < 0:
+            raise ValueError("Retry base and cap must be >= 0")
+
+    def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        exp = max(attempt, 1) - 1
+        # 2 ** exp overflows float past ~1024; the cap is reached long before.
+        ceiling = self.cap if exp >= 64 else min(self.cap, self.base * (2.0**exp))
+        if not self.jitter:
+            return ceiling
+        return (rng or random).uniform(0.0, ceiling)
+
+    def decide(self, exc: BaseException, attempt: int, max_attempts: int) -> tuple[Decision, str]:
+        """Retry or dead-letter after ``exc`` on ``attempt``; with a reason when dead."""
+        if isinstance(exc, (PermanentError, *self.dead_on)):
+            return Decision.DEAD, "permanent"
+        if not isinstance(exc, (RetryAfter, asyncio.TimeoutError, TimeoutError)) and not isinstance(
+            exc, self.retry_on
+        ):
+            return Decision.DEAD, "permanent"
+        if attempt >= max_attempts:
+            timed_out = isinstance(exc, (asyncio.TimeoutError, TimeoutError))
+            return Decision.DEAD, "timeout" if timed_out else "exhausted"
+        return Decision.RETRY, ""
+
+    def delay_for(self, exc: BaseException, attempt: int) -> float:
+        if isinstance(exc, RetryAfter):
+            return exc.seconds
+        return self.backoff(attempt)
+
+
+@dataclass
+class JobContext:
+    """What a handler knows about the job it runs (``@app.task(pass_context=True)``)."""
+
+    id: int
+    task: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the worker asks this job to stop (shutdown past its grace)."""
+        return self._cancel.is_set()
+
+
+@dataclass
+class Task:
+    """A registered handler and its defaults."""
+
+    fn: Callable[..., Any]
+    name: str
+    queue: str
+    priority: int = 0
+    max_attempts: int = 5
+    timeout: float | None = None
+    retry: Retry = field(default_factory=Retry)
+    pass_context: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"task {self.name!r}: max_attempts must be >= 1")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"task {self.name!r}: timeout must be > 0 seconds")
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Calling a task runs its function directly, as a plain call (handy in tests)."""
+        return self.fn(*args, **kwargs)

@@ -1,0 +1,6 @@
+"""The worker process and its services (fetcher, executor, completer, heartbeat,
+listener, maintenance)."""
+
+from jobqueue.worker.worker import Worker, WorkerConfig
+
+__all__ = ["Worker", "WorkerConfig"]

@@ -1,0 +1,161 @@
+"""The executor: runs handlers, at most ``concurrency`` at a time.
+
+Async handlers run on the worker's event loop; sync handlers run in a thread
+pool of the same size. Each job runs in its own asyncio task, and whatever a
+handler raises becomes that job's outcome only: it never reaches the loop or
+another job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from jobqueue.tasks import Decision, JobContext, Task
+from jobqueue.worker.completer import Completer
+from jobqueue.worker.jobs import ClaimedJob, error_entry, exception_name
+
+
+class HandlerTimeout(TimeoutError):
+    """A handler ran past its task's ``timeout``."""
+
+
+class Executor:
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        completer: Completer,
+        worker_id: str,
+        concurrency: int,
+        log: Any,
+        on_slot_free: Callable[[], None],
+    ) -> None:
+        self.tasks = tasks
+        self.completer = completer
+        self.worker_id = worker_id
+        self.concurrency = concurrency
+        self.log = log
+        self.on_slot_free = on_slot_free
+        self.threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="jobqueue")
+        self.inflight: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.started = 0
+
+    @property
+    def free(self) -> int:
+        return self.concurrency - len(self.inflight)
+
+    def submit(self, job: ClaimedJob) -> None:
+        ctx = JobContext(id=job.id, task=job.task, queue=job.queue, attempt=job.attempts,
+                         max_attempts=job.max_attempts, worker_id=self.worker_id)
+        task = asyncio.get_running_loop().create_task(self._run(job, ctx))
+        self.inflight[job.id] = (task, ctx)
+        self._idle.clear()
+        self.started += 1
+        task.add_done_callback(functools.partial(self._done, job.id))
+
+    def _done(self, job_id: int, _: asyncio.Task[None]) -> None:
+        self.inflight.pop(job_id, None)
+        if not self.inflight:
+            self._idle.set()
+        self.on_slot_free()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no job is in flight; False if ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def cancel_all(self) -> int:
+        """Shutdown past the grace period: stop what can be stopped.
+
+        Async handlers are cancelled; sync handlers are told through
+        ``ctx.cancelled`` (a thread cannot be interrupted). Neither records an
+        outcome: the worker releases their jobs back to the queue.
+        """
+        pending = list(self.inflight.values())
+        for task, ctx in pending:
+            ctx._cancel.set()
+            task.cancel()
+        if pending:
+            await asyncio.wait([t for t, _ in pending], timeout=1.0)
+        return len(pending)
+
+    def threads_busy(self) -> bool:
+        return any(not t.done() for t, _ in self.inflight.values())
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, job: ClaimedJob, ctx: JobContext) -> None:
+        task = self.tasks.get(job.task)
+        if task is None:
+            self.log.warning("job.dead", job_id=job.id, task=job.task, reason="unknown_task")
+            self.completer.dead(job.id, "unknown_task", error_entry(
+                attempt=job.attempts, worker_id=self.worker_id, type_name="UnknownTask",
+                message=f"no task named {job.task!r} is registered in this worker"))
+            return
+        try:
+            await self._call(task, job, ctx)
+        except asyncio.CancelledError:
+            raise  # shutdown: no outcome, the job is released
+        except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
+            self._failed(task, job, exc)
+        else:
+            self.completer.succeeded(job.id)
+
+    async def _call(self, task: Task, job: ClaimedJob, ctx: JobContext) -> None:
+        args = job.args
+        if task.is_async:
+            coro = task.fn(ctx, **args) if task.pass_context else task.fn(**args)
+            if task.timeout is None:
+                await coro
+                return
+            try:
+                await asyncio.wait_for(coro, task.timeout)
+            except asyncio.TimeoutError:
+                raise HandlerTimeout(f"timed out after {task.timeout:g}s") from None
+            return
+        call = (functools.partial(task.fn, ctx, **args) if task.pass_context
+                else functools.partial(task.fn, **args))
+        future = asyncio.get_running_loop().run_in_executor(self.threads, call)
+        if task.timeout is None:
+            await future
+            return
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.shield(future), task.timeout)
+        except asyncio.TimeoutError:
+            # A thread cannot be killed. Tell the handler through ctx.cancelled
+            # and keep the job (its slot and its lease) until the thread returns,
+            # so the job is never running twice at once; then count the attempt
+            # as timed out whatever the handler returned.
+            ctx._cancel.set()
+            self.log.warning("job.timeout", job_id=job.id, task=job.task, timeout=task.timeout)
+            with contextlib.suppress(BaseException):  # the timeout is the outcome
+                await future
+            raise HandlerTimeout(
+                f"timed out after {task.timeout:g}s (handler returned after "
+                f"{time.monotonic() - started:.1f}s)") from None
+
+    def _failed(self, task: Task, job: ClaimedJob, exc: BaseException) -> None:
+        decision, reason = task.retry.decide(exc, job.attempts, job.max_attempts)
+        entry = error_entry(attempt=job.attempts, worker_id=self.worker_id,
+                            type_name=exception_name(exc), message=str(exc), exc=exc)
+        if decision is Decision.RETRY:
+            delay = task.retry.delay_for(exc, job.attempts)
+            self.log.info("job.retrying", job_id=job.id, task=job.task, attempt=job.attempts,
+                          error=exception_name(exc), delay=round(delay, 3))
+            self.completer.retry(job.id, job.attempts, delay, entry)
+        else:
+            self.log.warning("job.dead", job_id=job.id, task=job.task, attempt=job.attempts,
+                             error=exception_name(exc), reason=reason)
+            self.completer.dead(job.id, reason, entry)

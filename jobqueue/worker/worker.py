@@ -1,0 +1,255 @@
+"""The worker: one process, asyncio inside, made of small services.
+
+Start order: check the schema, register in ``workers``, then start the
+listener, heartbeat, maintenance, completer and, last, the fetcher. Shutdown
+(SIGTERM/SIGINT or :meth:`Worker.request_stop`) runs the other way: stop
+claiming, let in-flight jobs finish within the grace period, flush their
+outcomes, release whatever is still running back to ``queued`` without
+counting an attempt, deregister. A second signal exits at once; the leases
+make sure nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from jobqueue import sql
+from jobqueue.config import describe_dsn
+from jobqueue.db.migrate import current_revision, head_revision
+from jobqueue.errors import DatabaseError, SchemaNotMigratedError
+from jobqueue.log import get_logger
+from jobqueue.worker.completer import Completer
+from jobqueue.worker.executor import Executor
+from jobqueue.worker.fetcher import Fetcher
+from jobqueue.worker.heartbeat import Heartbeat
+from jobqueue.worker.listener import Listener
+from jobqueue.worker.maintenance import Maintenance
+
+if TYPE_CHECKING:
+    from jobqueue.app import JobQueue
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker runs; every interval is in seconds."""
+
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 10
+    burst: bool = False
+    batch_size: int = 100
+    poll_interval: float = 1.0
+    lease: float = 30.0
+    heartbeat_interval: float = 2.0
+    worker_timeout: float = 30.0
+    maintenance_interval: float = 1.0
+    shutdown_timeout: float = 30.0
+    flush_interval: float = 0.005
+    flush_size: int = 500
+    handle_signals: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        if self.heartbeat_interval * 2 >= self.lease:
+            raise ValueError("lease must be more than twice the heartbeat interval")
+
+
+class Worker:
+    """A worker for ``app``; :meth:`run` blocks until it has shut down."""
+
+    def __init__(self, app: JobQueue, config: WorkerConfig | None = None,
+                 worker_id: str | None = None) -> None:
+        self.app = app
+        self.config = config or WorkerConfig()
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.log = get_logger("jobqueue.worker", worker_id=self.id)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._signals = 0
+        self.ready = False
+        self.released = 0
+        self.abandoned_threads = False
+        self.stats: dict[str, int] = {}
+
+    # -- public control -------------------------------------------------------------------
+
+    def run(self) -> None:
+        asyncio.run(self.run_async())
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown; safe to call from any thread."""
+        loop, event = self._loop, self._stop_requested
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    # -- the life of a worker -------------------------------------------------------------
+
+    async def run_async(self) -> None:
+        cfg = self.config
+        app = self.app
+        self._loop = asyncio.get_running_loop()
+        self._stop_requested = asyncio.Event()
+        dsn = app.dsn
+        self.log.info("worker.starting", database=describe_dsn(dsn),
+                      embedded=app.uses_embedded, schema=app.schema, queues=list(cfg.queues),
+                      concurrency=cfg.concurrency, tasks=sorted(app.tasks))
+        await self._check_schema(dsn)
+
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn, min_size=2, max_size=4, open=False, name=f"jobqueue-worker-{os.getpid()}",
+            kwargs={"autocommit": True,
+                    "connect_timeout": max(1, int(app.settings.connect_timeout))},
+            configure=_configure_connection, timeout=app.settings.connect_timeout,
+            reconnect_timeout=0)
+        await pool.open(wait=True, timeout=app.settings.connect_timeout)
+        register = {"worker_id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
+                    "queues": list(cfg.queues), "concurrency": cfg.concurrency}
+        async with pool.connection() as conn:
+            await conn.execute(sql.query("register_worker", app.schema), register)
+
+        completer = Completer(pool, app.schema, self.id, self.log,
+                              flush_interval=cfg.flush_interval, flush_size=cfg.flush_size)
+        fetcher: Fetcher
+        executor = Executor(app.tasks, completer, self.id, cfg.concurrency, self.log,
+                            on_slot_free=lambda: fetcher.wake())
+        fetcher = Fetcher(pool, app.schema, self.id, cfg.queues, executor, self.log,
+                          batch_size=cfg.batch_size, poll_interval=cfg.poll_interval,
+                          lease=cfg.lease, burst=cfg.burst)
+        fetcher.pending_outcomes = lambda: completer.pending
+
+        def on_health(ok: bool) -> None:
+            fetcher.fast_poll = not ok
+
+        listener = Listener(dsn, app.schema, app.settings.channel, self.id, cfg.queues,
+                            on_notify=fetcher.wake, on_health=on_health, log=self.log,
+                            connect_timeout=app.settings.connect_timeout)
+        heartbeat = Heartbeat(pool, app.schema, self.id, register, self.log,
+                              interval=cfg.heartbeat_interval, lease=cfg.lease)
+        maintenance = Maintenance(pool, app.schema, self.log, interval=cfg.maintenance_interval,
+                                  worker_timeout=cfg.worker_timeout,
+                                  session_grace=cfg.heartbeat_interval * 1.5)
+        self.services = {"listener": listener, "heartbeat": heartbeat,
+                         "maintenance": maintenance, "completer": completer,
+                         "fetcher": fetcher}
+        self.executor = executor
+        for service in (listener, heartbeat, maintenance, completer):
+            service.start()
+        with contextlib.suppress(asyncio.TimeoutError):
+            # Not fatal: without LISTEN the fetcher still polls.
+            await asyncio.wait_for(listener.connected.wait(), app.settings.connect_timeout)
+        fetcher.start()
+        self._install_signals()
+        self.ready = True
+        self.log.info("worker.started", listening=listener.healthy)
+        try:
+            stop_wait = asyncio.ensure_future(self._stop_requested.wait())
+            drained = asyncio.ensure_future(fetcher.drained.wait())
+            await asyncio.wait({stop_wait, drained}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            drained.cancel()
+        finally:
+            await self._shutdown(pool, executor, completer)
+            self._remove_signals()
+
+    async def _shutdown(self, pool: AsyncConnectionPool[Any], executor: Executor,
+                        completer: Completer) -> None:
+        cfg, s = self.config, self.services
+        self.log.info("worker.stopping", in_flight=len(executor.inflight),
+                      grace=cfg.shutdown_timeout)
+        await s["fetcher"].stop()
+        finished = await executor.wait_idle(cfg.shutdown_timeout)
+        if not finished:
+            cancelled = await executor.cancel_all()
+            self.log.warning("worker.grace_expired", unfinished=cancelled)
+        self.abandoned_threads = executor.threads_busy()
+        await completer.stop(timeout=max(cfg.shutdown_timeout, 5.0))
+        if completer.pending:
+            self.log.error("worker.unflushed", pending=completer.pending,
+                           note="these jobs stay leased and will be rescued and run again")
+        for name in ("heartbeat", "maintenance", "listener"):
+            await s[name].stop()
+        try:
+            async with pool.connection(timeout=5.0) as conn:
+                cur = await conn.execute(sql.query("release_jobs", self.app.schema),
+                                         {"worker_id": self.id})
+                self.released = len(await cur.fetchall())
+                await conn.execute(sql.query("deregister_worker", self.app.schema),
+                                   {"worker_id": self.id})
+        except Exception as exc:  # noqa: BLE001 - the lease covers what we could not release
+            self.log.error("worker.release_failed", error=str(exc).strip())
+        executor.close()
+        await pool.close()
+        f = s["fetcher"]
+        self.stats = {"claimed": f.claimed if isinstance(f, Fetcher) else 0,
+                      "released": self.released, **completer.counts}
+        self.log.info("worker.stopped", **self.stats)
+
+    async def _check_schema(self, dsn: str) -> None:
+        await asyncio.to_thread(check_schema, dsn, self.app.schema,
+                                self.app.settings.connect_timeout)
+
+    # -- signals ------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if not self.config.handle_signals or self._loop is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self) -> None:
+        if not self.config.handle_signals or self._loop is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                self._loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.log.info("worker.signal", signal=sig.name, action="graceful shutdown")
+            if self._stop_requested is not None:
+                self._stop_requested.set()
+        else:
+            # Second signal: leave now. Jobs still leased are rescued by the
+            # fleet once the lease expires or Postgres sees our session end.
+            self.log.warning("worker.signal", signal=sig.name, action="exit now")
+            os._exit(128 + sig.value)
+
+
+def check_schema(dsn: str, schema: str, connect_timeout: float = 5.0) -> None:
+    """Raise a one-line error unless ``schema`` is migrated to this jobqueue's head."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout))) as conn:
+            revision = current_revision(conn, schema)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+    if revision is None:
+        raise SchemaNotMigratedError(f"schema {schema!r} is not migrated: run `jobqueue migrate`")
+    head = head_revision()
+    if revision != head:
+        raise SchemaNotMigratedError(
+            f"schema {schema!r} is at revision {revision}, this jobqueue needs {head}: "
+            "run `jobqueue migrate`")
+
+
+async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    # Claims, acks and heartbeats may be lost in a crash without breaking the
+    # contract: a lost claim leaves the job queued, a lost ack or retry leaves
+    # it leased, and the lease expiry re-runs it (at-least-once allows that).
+    # Not waiting for the WAL flush on these commits is therefore safe, and it
+    # takes the fsync off the worker's hot path. Enqueue never goes through
+    # this pool, so enqueued jobs stay durable.
+    await conn.execute("SET synchronous_commit = off")

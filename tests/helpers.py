@@ -1,0 +1,67 @@
+"""Test helpers: waiting with a deadline, counting rows, a worker in a thread."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from jobqueue import JobQueue
+from jobqueue.worker import Worker, WorkerConfig
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def count(conn: psycopg.Connection[Any], schema: str, table: str, where: str = "true",
+          params: Any = None) -> int:
+    query = sql.SQL("SELECT count(*) FROM {} WHERE ").format(sql.Identifier(schema, table)) \
+        + sql.SQL(where)  # type: ignore[operator]
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@contextlib.contextmanager
+def worker_thread(app: JobQueue, **config: Any) -> Iterator[Worker]:
+    """Run a worker in a background thread; stop it gracefully on exit."""
+    config.setdefault("handle_signals", False)
+    config.setdefault("poll_interval", 0.2)
+    worker = Worker(app, WorkerConfig(**config))
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: worker.ready or errors or not thread.is_alive(), 15,
+                   message="worker to start")
+        if errors:
+            raise errors[0]
+        yield worker
+    finally:
+        worker.request_stop()
+        thread.join(60)
+        assert not thread.is_alive(), "worker did not stop within 60s"
+    if errors:
+        raise errors[0]
