@@ -26,6 +26,7 @@ from jobqueue.config import (
     resolve_dsn,
     resolve_schema,
 )
+from jobqueue.dead import DeadJobs
 from jobqueue.errors import DuplicateTaskError, PayloadError, UnknownTaskError
 from jobqueue.tasks import Retry, Task
 
@@ -78,6 +79,7 @@ class JobQueue:
         self._pool: ConnectionPool[Any] | None = None
         self._apool: AsyncConnectionPool[Any] | None = None
         self._schema_ok = False
+        self.dead = DeadJobs(self)
 
     def __repr__(self) -> str:
         return f"JobQueue(schema={self.settings.schema!r}, tasks={sorted(self.tasks)})"
@@ -247,6 +249,10 @@ class JobQueue:
                     timeout=self.settings.connect_timeout,
                     kwargs={"connect_timeout": max(1, int(self.settings.connect_timeout))},
                     check=ConnectionPool.check_connection,
+                    # Connect on demand: after an outage the default (retry one slot
+                    # with backoff growing to minutes) keeps the pool empty long after
+                    # the database is back, and every enqueue times out meanwhile.
+                    reconnect_timeout=0,
                     name="jobqueue-producer",
                 )
                 self._pool.open(wait=False)
@@ -259,6 +265,10 @@ class JobQueue:
                 timeout=self.settings.connect_timeout,
                 kwargs={"connect_timeout": max(1, int(self.settings.connect_timeout))},
                 check=AsyncConnectionPool.check_connection,
+                # Connect on demand: after an outage the default (retry one slot with
+                # backoff growing to minutes) keeps the pool empty long after the
+                # database is back, and every enqueue times out meanwhile.
+                reconnect_timeout=0,
                 name="jobqueue-producer-async",
             )
             await pool.open(wait=False)
@@ -394,10 +404,10 @@ class JobQueue:
                     enqueue.probe_schema(own, self.settings)
                     self._schema_ok = True
                 return fn(own)
+        except PoolTimeout as exc:  # before its base class, OperationalError
+            raise enqueue.pool_timeout(self.dsn, self.settings, exc) from None
         except psycopg.OperationalError as exc:
             raise enqueue.db_error(exc) from exc
-        except PoolTimeout as exc:
-            raise enqueue.pool_timeout(self.dsn, self.settings, exc) from None
 
     async def _run_async(
         self, conn: Any, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[R]]
@@ -417,10 +427,10 @@ class JobQueue:
                     await enqueue.probe_schema_async(own, self.settings)
                     self._schema_ok = True
                 return await fn(own)
+        except PoolTimeout as exc:  # before its base class, OperationalError
+            raise enqueue.pool_timeout(self.dsn, self.settings, exc) from None
         except psycopg.OperationalError as exc:
             raise enqueue.db_error(exc) from exc
-        except PoolTimeout as exc:
-            raise enqueue.pool_timeout(self.dsn, self.settings, exc) from None
 
     # -- operations ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import sys
 import psycopg
 import typer
 
-from jobqueue.cli import demo, embedded, enqueue, migrate, stats, worker
+from jobqueue.cli import dead, demo, embedded, enqueue, migrate, stats, worker
 from jobqueue.errors import JobQueueError
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 for module in (migrate, worker, enqueue, stats, demo):
     module.register(app)
+app.add_typer(dead.app, name="dead")
 app.add_typer(embedded.app, name="embedded")
 
 

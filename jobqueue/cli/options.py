@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import typer
@@ -62,3 +64,26 @@ def load_app(path: str, dsn: str | None = None, schema: str | None = None) -> Jo
     if schema:
         app.settings = replace(app.settings, schema=resolve_schema(schema))
     return app
+
+
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_age(text: str, flag: str) -> float:
+    """``90``, ``30s``, ``15m``, ``2h``, ``7d``, ``1w`` -> seconds."""
+    match = _AGE.match(text)
+    if not match:
+        raise ConfigError(f"{flag}: {text!r} is not an age such as 30s, 15m, 2h, 7d")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def parse_when(text: str, flag: str) -> datetime:
+    """An ISO timestamp (UTC if no offset) or an age meaning "that long ago"."""
+    if _AGE.match(text):
+        return datetime.now(timezone.utc) - timedelta(seconds=parse_age(text, flag))
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is neither an ISO time nor an age like 2h") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

@@ -35,18 +35,25 @@ def _statements() -> dict[str, str]:
 
 
 def statement_names() -> list[str]:
-    """Every statement name in queries.sql."""
-    return list(_statements())
+    """Every statement name in queries.sql (fragments excluded)."""
+    return [name for name in _statements() if not name.startswith("fragment_")]
 
 
 @cache
 def query(name: str, schema: str) -> sql.Composed:
-    """The statement called ``name``, composed for ``schema``."""
+    """The statement called ``name``, composed for ``schema``.
+
+    Statements named ``fragment_X`` are shared pieces, not statements: others
+    include them as ``{X}``.
+    """
+    statements = _statements()
     try:
-        text = _statements()[name]
+        text = statements[name]
     except KeyError:
         raise KeyError(f"no statement named {name!r} in queries.sql") from None
-    return sql.SQL(text).format(schema=sql.Identifier(schema))
+    fragments = {key.removeprefix("fragment_"): sql.SQL(body)
+                 for key, body in statements.items() if key.startswith("fragment_")}
+    return sql.SQL(text).format(schema=sql.Identifier(schema), **fragments)
 
 
 def schema_revision_text(revision: str, schema: str) -> str:

@@ -226,3 +226,73 @@ ORDER BY 1;
 
 -- name: count_workers
 SELECT count(*) FROM {schema}.workers;
+
+-- name: fragment_dead_filter
+-- The selector shared by every dead_jobs command: each filter is optional
+-- (NULL means "any"), so one static statement serves every combination.
+(%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+AND (%(task)s::text IS NULL OR task = %(task)s::text)
+AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+AND (%(reason)s::text IS NULL OR reason = %(reason)s::text)
+AND (%(error)s::text IS NULL OR strpos(lower(errors::text), lower(%(error)s::text)) > 0)
+AND (%(since)s::timestamptz IS NULL OR died_at >= %(since)s::timestamptz)
+AND (%(until)s::timestamptz IS NULL OR died_at < %(until)s::timestamptz)
+AND (%(older_than)s::float8 IS NULL
+     OR died_at < now() - make_interval(secs => %(older_than)s::float8))
+AND (%(include_replayed)s::boolean OR replayed_at IS NULL)
+
+-- name: dead_list
+SELECT id, queue, task, reason, attempts, died_at,
+       errors -> -1 ->> 'type' AS last_error_type,
+       errors -> -1 ->> 'message' AS last_error,
+       replay_count, replayed_at, replayed_as
+FROM {schema}.dead_jobs
+WHERE {dead_filter}
+ORDER BY died_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: dead_count
+SELECT count(*) FROM {schema}.dead_jobs WHERE {dead_filter};
+
+-- name: dead_show
+SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
+       cron_name, replay_of, created_at, died_at, reason, errors, replay_count,
+       replayed_at, replayed_as
+FROM {schema}.dead_jobs WHERE id = %(id)s;
+
+-- name: dead_replay
+-- One batch of a replay: new jobs are inserted and the dead rows marked with
+-- when and as which job they were replayed, in one statement. A dead job whose
+-- unique_key is held by a live job again is skipped (it stays dead, unmarked).
+-- Batches walk the ids upwards (after_id), so skipped rows are not picked again.
+WITH picked AS (
+    SELECT id FROM {schema}.dead_jobs
+    WHERE {dead_filter} AND id > %(after_id)s
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), inserted AS (
+    INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, unique_key,
+                               cron_name, replay_of)
+    SELECT d.queue, d.task, d.args, d.priority, d.max_attempts, d.unique_key, d.cron_name, d.id
+    FROM {schema}.dead_jobs AS d JOIN picked USING (id)
+    ORDER BY d.id
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id, replay_of, queue
+), marked AS (
+    UPDATE {schema}.dead_jobs AS d
+    SET replayed_at = now(), replayed_as = i.id, replay_count = d.replay_count + 1
+    FROM inserted AS i
+    WHERE d.id = i.replay_of
+    RETURNING d.id AS dead_id, i.id AS job_id
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM inserted) AS q
+)
+SELECT marked.dead_id, marked.job_id,
+       (SELECT count(*) FROM picked) AS picked, (SELECT max(id) FROM picked) AS last_id
+FROM notified LEFT JOIN marked ON true
+ORDER BY marked.dead_id;
+
+-- name: dead_purge
+DELETE FROM {schema}.dead_jobs WHERE {dead_filter} RETURNING id;
