@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from typing import Any
 
 from jobqueue.tasks import Decision, JobContext, Task
 from jobqueue.worker.completer import Completer
+from jobqueue.worker.forked import fork_available, run_forked
 from jobqueue.worker.jobs import ClaimedJob, error_entry, exception_name
 
 
@@ -43,6 +45,8 @@ class Executor:
         self.on_slot_free = on_slot_free
         self.threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="jobqueue")
         self.inflight: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
+        self._busy_threads = 0
+        self._busy_lock = threading.Lock()
         self._idle = asyncio.Event()
         self._idle.set()
         self.started = 0
@@ -90,7 +94,20 @@ class Executor:
         return len(pending)
 
     def threads_busy(self) -> bool:
-        return any(not t.done() for t, _ in self.inflight.values())
+        # Not the asyncio tasks: cancel_all() ends those at once, while the
+        # threads running their sync handlers go on (and would keep the
+        # process alive at exit, since Python joins pool threads).
+        with self._busy_lock:
+            return self._busy_threads > 0
+
+    def _in_thread(self, call: Callable[[], Any]) -> Any:
+        with self._busy_lock:
+            self._busy_threads += 1
+        try:
+            return call()
+        finally:
+            with self._busy_lock:
+                self._busy_threads -= 1
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
@@ -126,18 +143,33 @@ class Executor:
             return
         call = (functools.partial(task.fn, ctx, **args) if task.pass_context
                 else functools.partial(task.fn, **args))
-        future = asyncio.get_running_loop().run_in_executor(self.threads, call)
         if task.timeout is None:
-            await future
+            await asyncio.get_running_loop().run_in_executor(self.threads, call)
             return
+        if fork_available():
+            # A thread cannot be killed; a child process can. Past the timeout
+            # the child is SIGKILLed, so the job can never run twice at once.
+            try:
+                await run_forked(call, task.timeout)
+            except asyncio.TimeoutError:
+                raise HandlerTimeout(f"timed out after {task.timeout:g}s (process killed)") \
+                    from None
+            return
+        await self._call_thread_with_timeout(call, task, job, ctx)
+
+    async def _call_thread_with_timeout(self, call: Callable[[], Any], task: Task,
+                                        job: ClaimedJob, ctx: JobContext) -> None:
+        """Where fork is unavailable: time out a thread that cannot be killed."""
+        assert task.timeout is not None
+        future = asyncio.get_running_loop().run_in_executor(
+            self.threads, functools.partial(self._in_thread, call))
         started = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.shield(future), task.timeout)
         except asyncio.TimeoutError:
-            # A thread cannot be killed. Tell the handler through ctx.cancelled
-            # and keep the job (its slot and its lease) until the thread returns,
-            # so the job is never running twice at once; then count the attempt
-            # as timed out whatever the handler returned.
+            # Tell the handler through ctx.cancelled and keep the job (its slot
+            # and its lease) until the thread returns, so the job is never
+            # running twice at once; the attempt counts as timed out.
             ctx._cancel.set()
             self.log.warning("job.timeout", job_id=job.id, task=job.task, timeout=task.timeout)
             with contextlib.suppress(BaseException):  # the timeout is the outcome

@@ -32,8 +32,9 @@ from jobqueue.worker.completer import Completer
 from jobqueue.worker.executor import Executor
 from jobqueue.worker.fetcher import Fetcher
 from jobqueue.worker.heartbeat import Heartbeat
-from jobqueue.worker.listener import Listener
+from jobqueue.worker.listener import Listener, application_name
 from jobqueue.worker.maintenance import Maintenance
+from jobqueue.worker.systemd import Notifier, SystemdService
 
 if TYPE_CHECKING:
     from jobqueue.app import JobQueue
@@ -110,7 +111,8 @@ class Worker:
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             dsn, min_size=2, max_size=4, open=False, name=f"jobqueue-worker-{os.getpid()}",
             kwargs={"autocommit": True,
-                    "connect_timeout": max(1, int(app.settings.connect_timeout))},
+                    "connect_timeout": max(1, int(app.settings.connect_timeout)),
+                    "fallback_application_name": application_name()},
             configure=_configure_connection, timeout=app.settings.connect_timeout,
             reconnect_timeout=0)
         await pool.open(wait=True, timeout=app.settings.connect_timeout)
@@ -140,9 +142,14 @@ class Worker:
         maintenance = Maintenance(pool, app.schema, self.log, interval=cfg.maintenance_interval,
                                   worker_timeout=cfg.worker_timeout,
                                   session_grace=cfg.heartbeat_interval * 1.5)
+        notifier = Notifier()
+        systemd = SystemdService(notifier, lambda: (
+            f"{len(executor.inflight)} in flight, {executor.started} started, "
+            f"{completer.counts['succeeded']} succeeded, {completer.counts['retried']} retried, "
+            f"{completer.counts['dead']} dead; LISTEN {'ok' if listener.healthy else 'down'}"))
         self.services = {"listener": listener, "heartbeat": heartbeat,
                          "maintenance": maintenance, "completer": completer,
-                         "fetcher": fetcher}
+                         "fetcher": fetcher, "systemd": systemd}
         self.executor = executor
         for service in (listener, heartbeat, maintenance, completer):
             service.start()
@@ -152,7 +159,9 @@ class Worker:
         fetcher.start()
         self._install_signals()
         self.ready = True
-        self.log.info("worker.started", listening=listener.healthy)
+        notifier.notify("READY=1", f"STATUS=listening on {', '.join(cfg.queues)}")
+        systemd.start()
+        self.log.info("worker.started", listening=listener.healthy, systemd=notifier.enabled)
         try:
             stop_wait = asyncio.ensure_future(self._stop_requested.wait())
             drained = asyncio.ensure_future(fetcher.drained.wait())
@@ -160,6 +169,8 @@ class Worker:
             stop_wait.cancel()
             drained.cancel()
         finally:
+            notifier.notify("STOPPING=1", "STATUS=stopping: finishing in-flight jobs")
+            await systemd.stop()
             await self._shutdown(pool, executor, completer)
             self._remove_signals()
 
@@ -236,13 +247,16 @@ def check_schema(dsn: str, schema: str, connect_timeout: float = 5.0) -> None:
             revision = current_revision(conn, schema)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+    # The hint must name the schema: a bare `jobqueue migrate` migrates the default one.
+    flag = f" --schema {schema}" if schema != "jobqueue" else ""
     if revision is None:
-        raise SchemaNotMigratedError(f"schema {schema!r} is not migrated: run `jobqueue migrate`")
+        raise SchemaNotMigratedError(
+            f"schema {schema!r} is not migrated: run `jobqueue migrate{flag}`")
     head = head_revision()
     if revision != head:
         raise SchemaNotMigratedError(
             f"schema {schema!r} is at revision {revision}, this jobqueue needs {head}: "
-            "run `jobqueue migrate`")
+            f"run `jobqueue migrate{flag}`")
 
 
 async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -1,0 +1,117 @@
+"""Run one sync handler in a forked child process that can be killed.
+
+A thread cannot be stopped from outside, so a sync task with a ``timeout``
+runs in a child process instead: past the timeout the child is SIGKILLed and
+the attempt fails as a timeout. The child is forked (it inherits the loaded
+handler, no pickling of functions) and leaves with ``os._exit`` so it never
+runs the parent's cleanup or touches the parent's database sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import pickle
+import signal
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+class HandlerProcessError(Exception):
+    """A handler's exception that could not be sent back from its process as itself."""
+
+
+class HandlerProcessDied(Exception):
+    """The handler's process ended without reporting (os._exit, a signal, OOM...)."""
+
+
+def fork_available() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this child when the worker dies (even by SIGKILL),
+    so a handler never outlives the worker that owns its job's lease."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child(call: Callable[[], Any], out: Connection, parent: int) -> None:
+    _die_with_parent(parent)
+    try:
+        call()
+        message: tuple[str, Any] = ("ok", None)
+    except BaseException as exc:  # noqa: BLE001 - the parent decides what it means
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            blob = pickle.dumps(exc)
+            pickle.loads(blob)
+            message = ("raised", (blob, tb))
+        except Exception:  # noqa: BLE001 - unpicklable exception: send its description
+            message = ("described", (f"{type(exc).__module__}.{type(exc).__qualname__}",
+                                     str(exc), tb))
+    try:
+        out.send(message)
+    finally:
+        out.close()
+        os._exit(0)
+
+
+async def run_forked(call: Callable[[], Any], timeout: float) -> None:
+    """Run ``call`` in a child; raise what it raised, or TimeoutError past ``timeout``."""
+    loop = asyncio.get_running_loop()
+    ctx = multiprocessing.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(call, writer, os.getpid()), daemon=True)
+    proc.start()
+    writer.close()
+    readable: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not readable.done():
+            readable.set_result(None)
+
+    loop.add_reader(reader.fileno(), ready)
+    try:
+        try:
+            await asyncio.wait_for(asyncio.shield(readable), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            raise
+        finally:
+            loop.remove_reader(reader.fileno())
+        try:
+            kind, payload = reader.recv()
+        except EOFError:
+            await loop.run_in_executor(None, proc.join, 5)
+            raise HandlerProcessDied(
+                f"the handler's process exited with code {proc.exitcode} without a result"
+            ) from None
+    finally:
+        if proc.is_alive() and not readable.done():
+            proc.kill()
+        await loop.run_in_executor(None, proc.join, 5)
+        with contextlib.suppress(Exception):
+            reader.close()
+        with contextlib.suppress(Exception):
+            proc.close()
+    if kind == "ok":
+        return
+    if kind == "raised":
+        blob, tb = payload
+        exc = pickle.loads(blob)
+        exc.__notes__ = [*getattr(exc, "__notes__", []), "in the handler's process:\n" + tb]
+        raise exc
+    type_name, message, tb = payload
+    raise HandlerProcessError(f"{type_name}: {message}\n{tb}")
