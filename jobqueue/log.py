@@ -18,9 +18,13 @@ _configured = False
 
 
 def configure(level: str | None = None, json: bool | None = None, force: bool = False) -> None:
-    """Configure structlog once per process (``force`` reconfigures)."""
+    """Configure structlog for a jobqueue process (worker, CLI).
+
+    A host application that configured structlog itself keeps its setup:
+    jobqueue only configures when nobody has, or when ``force`` is given.
+    """
     global _configured
-    if _configured and not force:
+    if not force and (_configured or structlog.is_configured()):
         return
     name = (level or os.environ.get("JOBQUEUE_LOG_LEVEL") or "info").upper()
     numeric = logging.getLevelName(name)
@@ -47,5 +51,4 @@ def configure(level: str | None = None, json: bool | None = None, force: bool = 
 
 
 def get_logger(name: str, **initial: Any) -> Any:
-    configure()
     return structlog.get_logger(name).bind(logger=name, **initial)

@@ -85,7 +85,7 @@ class Completer(Service):
             try:
                 await self.flush()
                 backoff.reset()
-            except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            except psycopg.Error as exc:  # connection lost, server restarting, ...
                 delay = backoff.next()
                 self.log.warning("completer.flush_failed", error=str(exc).strip(),
                                  pending=self.pending, retry_in=delay)

@@ -70,7 +70,7 @@ class Fetcher(Service):
             try:
                 jobs = await self.claim(limit)
                 backoff.reset()
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
                 delay = backoff.next()
                 self.log.warning("fetcher.claim_failed", error=str(exc).strip(), retry_in=delay)
                 await self.sleep(delay)
@@ -108,7 +108,7 @@ class Fetcher(Service):
                 cur = await conn.execute(sql.query("next_run_at", self.schema),
                                          {"queues": self.queues})
                 row = await cur.fetchone()
-        except psycopg.OperationalError:
+        except psycopg.Error:
             return interval
         if row is None or row[0] is None:
             return interval

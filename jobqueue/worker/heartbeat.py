@@ -39,7 +39,7 @@ class Heartbeat(Service):
                 return
             try:
                 await self.beat()
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
                 self.log.warning("heartbeat.failed", error=str(exc).strip())
 
     async def beat(self) -> None:

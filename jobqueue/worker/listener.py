@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,15 @@ from psycopg import sql as pgsql
 
 from jobqueue import sql
 from jobqueue.worker.service import Backoff, Service
+
+
+def application_name() -> str:
+    """How this worker's sessions appear in pg_stat_activity (unless the DSN names them).
+
+    It lets an operator (and the fault tests) tell which sessions belong to
+    which worker process, e.g. to see or cut them.
+    """
+    return f"jobqueue-worker-{os.getpid()}"
 
 
 class Listener(Service):
@@ -48,7 +58,7 @@ class Listener(Service):
         while not self.stopping:
             try:
                 await self._listen(backoff)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except psycopg.Error as exc:
                 self._set_health(False, str(exc).strip().splitlines()[0] if str(exc) else "")
                 await self.sleep(backoff.next())
             finally:
@@ -56,7 +66,8 @@ class Listener(Service):
 
     async def _listen(self, backoff: Backoff) -> None:
         conn = await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
+            self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
+            fallback_application_name=application_name())
         self._conn = conn
         await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self.channel)))
         await conn.execute(sql.query("set_worker_session", self.schema),

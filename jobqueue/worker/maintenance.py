@@ -53,7 +53,7 @@ class Maintenance(Service):
                 return
             try:
                 await self.round()
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
                 self.log.warning("maintenance.failed", error=str(exc).strip())
 
     async def round(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -20,6 +21,9 @@ class Service:
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        # Called with the exception if run() ends with one: a loop that dies
+        # silently would leave a worker that looks alive but does nothing.
+        self.on_crash: Callable[[Service, BaseException], None] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -36,6 +40,14 @@ class Service:
         if self._task is not None:
             raise RuntimeError(f"{self.name} already started")
         self._task = asyncio.get_running_loop().create_task(self.run(), name=self.name)
+        self._task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.on_crash is not None:
+            self.on_crash(self, exc)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Ask the loop to end, wait up to ``timeout``, then cancel it."""

@@ -26,18 +26,23 @@ from psycopg_pool import AsyncConnectionPool
 from jobqueue import sql
 from jobqueue.config import describe_dsn
 from jobqueue.db.migrate import current_revision, head_revision
-from jobqueue.errors import DatabaseError, SchemaNotMigratedError
-from jobqueue.log import get_logger
+from jobqueue.errors import DatabaseError, JobQueueError, SchemaNotMigratedError
+from jobqueue.log import configure, get_logger
 from jobqueue.worker.completer import Completer
 from jobqueue.worker.executor import Executor
 from jobqueue.worker.fetcher import Fetcher
 from jobqueue.worker.heartbeat import Heartbeat
 from jobqueue.worker.listener import Listener, application_name
 from jobqueue.worker.maintenance import Maintenance
+from jobqueue.worker.service import Service
 from jobqueue.worker.systemd import Notifier, SystemdService
 
 if TYPE_CHECKING:
     from jobqueue.app import JobQueue
+
+
+class WorkerCrashedError(JobQueueError):
+    """One of the worker's loops failed with an unexpected error (a bug)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class Worker:
         self.app = app
         self.config = config or WorkerConfig()
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        configure()  # no-op when the host application configured structlog
         self.log = get_logger("jobqueue.worker", worker_id=self.id)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
@@ -82,6 +88,7 @@ class Worker:
         self.ready = False
         self.released = 0
         self.abandoned_threads = False
+        self.crashed: tuple[str, BaseException] | None = None
         self.stats: dict[str, int] = {}
 
     # -- public control -------------------------------------------------------------------
@@ -151,6 +158,8 @@ class Worker:
                          "maintenance": maintenance, "completer": completer,
                          "fetcher": fetcher, "systemd": systemd}
         self.executor = executor
+        for service in self.services.values():
+            service.on_crash = self._service_crashed
         for service in (listener, heartbeat, maintenance, completer):
             service.start()
         with contextlib.suppress(asyncio.TimeoutError):
@@ -173,6 +182,19 @@ class Worker:
             await systemd.stop()
             await self._shutdown(pool, executor, completer)
             self._remove_signals()
+        if self.crashed is not None:
+            name, exc = self.crashed
+            raise WorkerCrashedError(f"the worker's {name} failed: {type(exc).__name__}: {exc}")
+
+    def _service_crashed(self, service: Service, exc: BaseException) -> None:
+        # A bug, not a database fault (those are retried inside each loop):
+        # stop gracefully and exit non-zero so a supervisor restarts us.
+        self.log.error("worker.service_crashed", service=service.name,
+                       error=f"{type(exc).__name__}: {exc}")
+        if self.crashed is None:
+            self.crashed = (service.name, exc)
+        if self._stop_requested is not None:
+            self._stop_requested.set()
 
     async def _shutdown(self, pool: AsyncConnectionPool[Any], executor: Executor,
                         completer: Completer) -> None:
