@@ -9,6 +9,7 @@ from jobqueue.app import JobQueue
 from jobqueue.errors import (
     ConfigError,
     DatabaseError,
+    DuplicateJobError,
     DuplicateTaskError,
     JobQueueError,
     PayloadError,
@@ -23,6 +24,7 @@ from jobqueue.tasks import JobContext, Retry, Task
 __all__ = [
     "ConfigError",
     "DatabaseError",
+    "DuplicateJobError",
     "DuplicateTaskError",
     "JobContext",
     "JobQueue",

@@ -26,8 +26,10 @@ from jobqueue.config import (
     resolve_dsn,
     resolve_schema,
 )
+from jobqueue.cron import CronError, Schedule
 from jobqueue.dead import DeadJobs
 from jobqueue.errors import DuplicateTaskError, PayloadError, UnknownTaskError
+from jobqueue.queues import QueueControls
 from jobqueue.tasks import Retry, Task
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,8 +80,11 @@ class JobQueue:
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self._apool: AsyncConnectionPool[Any] | None = None
+        self._apool_loop: asyncio.AbstractEventLoop | None = None
         self._schema_ok = False
         self.dead = DeadJobs(self)
+        self.schedules: dict[str, Schedule] = {}
+        self.queues = QueueControls(self)
 
     def __repr__(self) -> str:
         return f"JobQueue(schema={self.settings.schema!r}, tasks={sorted(self.tasks)})"
@@ -140,7 +145,8 @@ class JobQueue:
                 name=name or func.__name__,
                 queue=queue or self.default_queue,
                 priority=enqueue.check_priority(priority),
-                max_attempts=max_attempts or self.default_max_attempts,
+                max_attempts=(max_attempts if max_attempts is not None
+                              else self.default_max_attempts),
                 timeout=timeout,
                 retry=retry or self.default_retry,
                 pass_context=pass_context,
@@ -172,6 +178,39 @@ class JobQueue:
         if callable(ref):
             return str(getattr(ref, "__name__", ref))
         raise TypeError(f"not a task: {ref!r}")
+
+    # -- periodic jobs ------------------------------------------------------------------
+
+    def cron(
+        self,
+        name: str,
+        expression: str,
+        task: TaskRef,
+        args: Mapping[str, Any] | None = None,
+        *,
+        overlap: str = "skip",
+        timezone: str = "UTC",
+        catch_up: int = 1,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Schedule:
+        """Run ``task`` with ``args`` on a cron schedule, one job per tick across the fleet.
+
+        ``expression`` has 5 fields, or 6 with seconds first. ``overlap="skip"``
+        does not enqueue a tick while the previous run is still queued or
+        running; ``"allow"`` does. After downtime at most ``catch_up`` missed
+        ticks fire (the most recent). Workers of this app fire the schedules;
+        see the README's "Periodic jobs" for timezones and DST.
+        """
+        schedule = Schedule.build(
+            name, expression, self._task_name(task), args, overlap=overlap, timezone=timezone,
+            catch_up=catch_up, queue=queue, priority=priority,
+            payload_limit=self.settings.payload_limit)
+        with self._lock:
+            if name in self.schedules:
+                raise CronError(f"a schedule named {name!r} is already defined")
+            self.schedules[name] = schedule
+        return schedule
 
     # -- building rows ------------------------------------------------------------------
 
@@ -207,8 +246,11 @@ class JobQueue:
             "run_at": enqueue.check_run_at(run_at),
             "delay": enqueue.delay_seconds(delay),
             "max_attempts": enqueue.check_max_attempts(
-                max_attempts or (task.max_attempts if task else self.default_max_attempts)),
+                max_attempts if max_attempts is not None
+                else (task.max_attempts if task else self.default_max_attempts)),
             "unique_key": unique_key,
+            "correlation_id": None,
+            "lock_key": None,
             "channel": self.settings.channel,
         }
 
@@ -236,6 +278,8 @@ class JobQueue:
             "max_attempts": [r["max_attempts"] for r in rows],
             "run_at": enqueue.check_run_at(run_at),
             "delay": enqueue.delay_seconds(delay),
+            "correlation_id": None,
+            "lock_key": None,
             "channel": self.settings.channel,
         }
 
@@ -259,6 +303,11 @@ class JobQueue:
             return self._pool
 
     async def apool(self) -> AsyncConnectionPool[Any]:
+        loop = asyncio.get_running_loop()
+        if self._apool is not None and self._apool_loop is not loop:
+            # An asyncio pool belongs to the loop that opened it (each
+            # asyncio.run() makes a new one): open a fresh pool for this loop.
+            self._apool = None
         if self._apool is None:
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 self.dsn, min_size=1, max_size=4, open=False,
@@ -273,6 +322,7 @@ class JobQueue:
             )
             await pool.open(wait=False)
             self._apool = pool
+            self._apool_loop = loop
         return self._apool
 
     def close(self) -> None:
@@ -312,17 +362,28 @@ class JobQueue:
         unique_key: str | None = None,
         max_attempts: int | None = None,
         strict: bool = True,
+        correlation_id: str | None = None,
+        lock: str | None = None,
+        raise_on_duplicate: bool = False,
     ) -> int:
         """Enqueue one job and return its id.
 
         With ``conn`` the job is part of the caller's transaction: it exists
         if and only if the caller commits, and jobqueue never commits for them.
         Without ``conn`` jobqueue uses its own pooled connection and commits.
+
+        ``unique_key``: while a live job (queued or running) holds the key, the
+        existing job's id is returned, or with ``raise_on_duplicate``
+        :class:`~jobqueue.DuplicateJobError` is raised. ``lock``: jobs sharing a
+        lock key never run at the same time, anywhere in the fleet.
         """
         params = self._params(task, args, queue=queue, priority=priority, run_at=run_at,
                               delay=delay, unique_key=unique_key, max_attempts=max_attempts,
                               strict=strict)
-        return self._run_sync(conn, lambda c: enqueue.insert_one(c, self.settings, params))
+        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
+        params["lock_key"] = enqueue.check_lock_key(lock)
+        return self._run_sync(conn, lambda c: enqueue.insert_one(
+            c, self.settings, params, raise_on_duplicate))
 
     def enqueue_many(
         self,
@@ -335,10 +396,16 @@ class JobQueue:
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         strict: bool = True,
+        correlation_id: str | None = None,
+        lock: str | None = None,
     ) -> list[int]:
-        """Enqueue many ``(task, args)`` pairs in one statement; ids in input order."""
+        """Enqueue many ``(task, args)`` pairs in one statement; ids in input order.
+
+        With ``lock`` all of them share the lock key: they run one at a time."""
         params = self._many_params(jobs, queue=queue, priority=priority, run_at=run_at,
                                    delay=delay, max_attempts=max_attempts, strict=strict)
+        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
+        params["lock_key"] = enqueue.check_lock_key(lock)
         if not params["tasks"]:
             return []
         return self._run_sync(conn, lambda c: enqueue.insert_many(c, self.settings, params))
@@ -356,14 +423,19 @@ class JobQueue:
         unique_key: str | None = None,
         max_attempts: int | None = None,
         strict: bool = True,
+        correlation_id: str | None = None,
+        lock: str | None = None,
+        raise_on_duplicate: bool = False,
     ) -> int:
         """:meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy async sessions."""
         params = self._params(task, args, queue=queue, priority=priority, run_at=run_at,
                               delay=delay, unique_key=unique_key, max_attempts=max_attempts,
                               strict=strict)
+        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
+        params["lock_key"] = enqueue.check_lock_key(lock)
 
         async def run(c: psycopg.AsyncConnection[Any]) -> int:
-            return await enqueue.insert_one_async(c, self.settings, params)
+            return await enqueue.insert_one_async(c, self.settings, params, raise_on_duplicate)
 
         return await self._run_async(conn, run)
 
@@ -378,9 +450,13 @@ class JobQueue:
         delay: float | timedelta | None = None,
         max_attempts: int | None = None,
         strict: bool = True,
+        correlation_id: str | None = None,
+        lock: str | None = None,
     ) -> list[int]:
         params = self._many_params(jobs, queue=queue, priority=priority, run_at=run_at,
                                    delay=delay, max_attempts=max_attempts, strict=strict)
+        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
+        params["lock_key"] = enqueue.check_lock_key(lock)
         if not params["tasks"]:
             return []
 
@@ -447,6 +523,26 @@ class JobQueue:
                                    connect_timeout=max(1, int(self.settings.connect_timeout)))
         except psycopg.OperationalError as exc:
             raise enqueue.db_error(exc) from None
+
+    def cancel(self, job_id: int, *, conn: Any = None) -> str:
+        """Cancel a job: ``"cancelled"`` (it was queued: now in dead_jobs with reason
+        ``cancelled``), ``"cancelling"`` (it is running: its worker is asked to stop it;
+        async handlers are cancelled, sync ones see ``ctx.cancelled``), or
+        ``"not_found"`` (no such live job: finished, dead, or never existed)."""
+        from jobqueue import sql
+        from jobqueue.queues import cancel_message
+
+        def run(c: psycopg.Connection[Any]) -> str:
+            if c.execute(sql.query("cancel_queued", self.schema), {"id": job_id}).fetchone():
+                return "cancelled"
+            if c.execute(sql.query("cancel_running", self.schema), {"id": job_id}).fetchone():
+                c.execute(sql.query("notify_control", self.schema),
+                          {"channel": self.settings.control_channel,
+                           "message": cancel_message(job_id)})
+                return "cancelling"
+            return "not_found"
+
+        return self._run_sync(conn, run)
 
     def stats(self, conn: Any = None) -> list[QueueStats]:
         """Per-queue depth: ready, scheduled, running, dead and the oldest ready age."""

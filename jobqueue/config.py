@@ -37,6 +37,12 @@ class Settings:
         """The NOTIFY channel: one per schema, so two queues in one database stay apart."""
         return f"jobqueue.{self.schema}"
 
+    @property
+    def control_channel(self) -> str:
+        """Where control messages go (settings changed, cancel a job), apart from the
+        new-job channel whose payload is a queue name, which may be any text."""
+        return f"jobqueue.{self.schema}.control"
+
 
 def resolve_schema(schema: str | None) -> str:
     name = schema or os.environ.get("JOBQUEUE_SCHEMA") or DEFAULT_SCHEMA
@@ -59,7 +65,32 @@ def validate_dsn(dsn: str) -> None:
     try:
         psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid DSN: {exc}") from None
+        # libpq's message ends in a newline and quotes pieces of the DSN back,
+        # sometimes the password or the whole URI: one line, secrets hidden.
+        raise ConfigError(f"invalid DSN: {_scrub(str(exc).strip(), dsn)}") from None
+
+
+_PASSWORD_RES = (
+    re.compile(r"^\s*\w+://[^:/?#@]*:(.*)@"),  # URI userinfo, up to the last "@"
+    re.compile(r"^\s*\w+://[^:/?#@]*:([^@]*)@"),  # ... or up to the first one
+    re.compile(r"password\s*=\s*('(?:\\.|[^'\\])*'?|[^\s&]*)"),  # key=value or ?password=
+)
+
+
+def _scrub(message: str, dsn: str) -> str:
+    """``message`` without anything that may be (part of) the password in ``dsn``."""
+    secrets = {m.group(1) for r in _PASSWORD_RES for m in r.finditer(dsn) if m.group(1)}
+    secrets |= {s.strip("'") for s in secrets if s.strip("'")}
+
+    def quoted(m: re.Match[str]) -> str:
+        inner = m.group(1)
+        hit = any(inner and (inner in s or s in inner) for s in secrets)
+        return '"***"' if hit else m.group(0)
+
+    message = re.sub(r'"([^"]*)"', quoted, message)
+    for secret in sorted(secrets, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return " ".join(message.split())
 
 
 def redact_dsn(dsn: str) -> str:

@@ -9,17 +9,21 @@ transaction and take their business writes down with it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+import structlog
 
 from jobqueue import sql
 from jobqueue.config import Settings
-from jobqueue.errors import DatabaseError, PayloadError, SchemaNotMigratedError
+from jobqueue.errors import DatabaseError, DuplicateJobError, PayloadError, SchemaNotMigratedError
+from jobqueue.log import get_logger
 
 _NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _SMALLINT = (-32768, 32767)
@@ -35,13 +39,19 @@ def encode_args(args: Mapping[str, Any] | None, limit: int) -> str:
         if not isinstance(key, str):
             raise PayloadError(f"job args keys must be strings, got {key!r}")
     try:
-        text = json.dumps(args, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        # json only knows dict: any other Mapping (the type enqueue accepts) is copied.
+        obj = args if isinstance(args, dict) else dict(args)
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"job args are not JSON-serializable: {exc}") from None
     if _NUL.search(text):
         # jsonb cannot store U+0000; the INSERT would fail inside the caller's transaction.
         raise PayloadError("job args contain a NUL character (\\u0000), which jsonb cannot store")
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800") is not valid UTF-8: psycopg could not send it.
+        raise PayloadError("job args contain a lone surrogate, which is not valid UTF-8") from None
     if size > limit:
         raise PayloadError(f"job args are {size} bytes encoded, over the {limit}-byte limit")
     return text
@@ -50,7 +60,12 @@ def encode_args(args: Mapping[str, Any] | None, limit: int) -> str:
 def delay_seconds(delay: float | timedelta | None) -> float:
     if delay is None:
         return 0.0
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+    if isinstance(delay, timedelta):
+        seconds = delay.total_seconds()
+    elif isinstance(delay, (int, float)) and not isinstance(delay, bool):
+        seconds = float(delay)
+    else:
+        raise PayloadError(f"delay must be seconds (a number) or a timedelta, got {delay!r}")
     if not math.isfinite(seconds) or seconds < 0:
         raise PayloadError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
     return seconds
@@ -72,6 +87,30 @@ def check_max_attempts(max_attempts: int) -> int:
     if max_attempts < 1:
         raise PayloadError(f"max_attempts must be >= 1, got {max_attempts}")
     return max_attempts
+
+
+CORRELATION_LIMIT = 255
+
+# The correlation id of the job running in this context (set by the worker for
+# each job). A job enqueued from inside a handler inherits it, so one request
+# can be followed through every job it leads to.
+current_correlation_id: ContextVar[str | None] = ContextVar(
+    "jobqueue_correlation_id", default=None)
+
+
+def check_correlation_id(value: str | None) -> str | None:
+    """The correlation id to store: the argument, else the running job's, else None."""
+    if value is None:
+        return current_correlation_id.get()
+    if not isinstance(value, str):
+        raise PayloadError(f"correlation_id must be a string, not {type(value).__name__}")
+    if len(value) > CORRELATION_LIMIT:
+        raise PayloadError(f"correlation_id is {len(value)} characters, over the "
+                           f"{CORRELATION_LIMIT}-character limit")
+    if "\x00" in value:
+        # text cannot store NUL; the INSERT would fail inside the caller's transaction.
+        raise PayloadError("correlation_id contains a NUL character")
+    return value
 
 
 def schema_table(settings: Settings) -> str:
@@ -99,22 +138,51 @@ def probe_schema(conn: psycopg.Connection[Any], settings: Settings) -> None:
         raise not_migrated(settings)
 
 
-def insert_one(conn: psycopg.Connection[Any], settings: Settings, params: dict[str, Any]) -> int:
-    cur = conn.execute(sql.query("insert_job", settings.schema), params)
-    row = cur.fetchone()
-    if row is None:  # ON CONFLICT on unique_key: return the live job that holds the key
-        cur = conn.execute(sql.query("find_unique_job", settings.schema),
-                           {"unique_key": params["unique_key"]})
-        row = cur.fetchone()
-        if row is None:
-            raise DatabaseError("unique job vanished between insert and lookup; enqueue again")
-    return int(row[0])
+# How often an enqueue with a unique_key tries again when the live job that
+# blocked its INSERT finished before the lookup could return it.
+UNIQUE_ATTEMPTS = 3
+
+
+def check_lock_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"lock must be a non-empty string, not {value!r}")
+    if "\x00" in value:
+        raise PayloadError("lock contains a NUL character")
+    return value
+
+
+def _vanished() -> DatabaseError:
+    return DatabaseError("the live job holding this unique_key kept finishing between "
+                         "insert and lookup; enqueue again")
+
+
+def insert_one(conn: psycopg.Connection[Any], settings: Settings, params: dict[str, Any],
+               raise_on_duplicate: bool = False) -> int:
+    for _ in range(UNIQUE_ATTEMPTS):
+        row = conn.execute(sql.query("insert_job", settings.schema), params).fetchone()
+        if row is not None:
+            log_enqueued(params, [int(row[0])])
+            return int(row[0])
+        # ON CONFLICT on unique_key: the live job that holds the key. Read
+        # committed gives this statement a newer snapshot than the INSERT's, so
+        # that job may have finished in between: then the key is free, insert again.
+        found = conn.execute(sql.query("find_unique_job", settings.schema),
+                             {"unique_key": params["unique_key"]}).fetchone()
+        if found is not None:
+            if raise_on_duplicate:
+                raise DuplicateJobError(params["unique_key"], int(found[0]))
+            return int(found[0])
+    raise _vanished()
 
 
 def insert_many(conn: psycopg.Connection[Any], settings: Settings,
                 params: dict[str, Any]) -> list[int]:
     cur = conn.execute(sql.query("insert_jobs", settings.schema), params)
-    return [int(r[0]) for r in cur.fetchall()]
+    ids = [int(r[0]) for r in cur.fetchall()]
+    log_enqueued(params, ids)
+    return ids
 
 
 # -- the same on an async connection ------------------------------------------------------
@@ -129,22 +197,57 @@ async def probe_schema_async(conn: psycopg.AsyncConnection[Any], settings: Setti
 
 
 async def insert_one_async(conn: psycopg.AsyncConnection[Any], settings: Settings,
-                           params: dict[str, Any]) -> int:
-    cur = await conn.execute(sql.query("insert_job", settings.schema), params)
-    row = await cur.fetchone()
-    if row is None:
+                           params: dict[str, Any], raise_on_duplicate: bool = False) -> int:
+    for _ in range(UNIQUE_ATTEMPTS):  # see insert_one
+        cur = await conn.execute(sql.query("insert_job", settings.schema), params)
+        row = await cur.fetchone()
+        if row is not None:
+            log_enqueued(params, [int(row[0])])
+            return int(row[0])
         cur = await conn.execute(sql.query("find_unique_job", settings.schema),
                                  {"unique_key": params["unique_key"]})
-        row = await cur.fetchone()
-        if row is None:
-            raise DatabaseError("unique job vanished between insert and lookup; enqueue again")
-    return int(row[0])
+        found = await cur.fetchone()
+        if found is not None:
+            if raise_on_duplicate:
+                raise DuplicateJobError(params["unique_key"], int(found[0]))
+            return int(found[0])
+    raise _vanished()
 
 
 async def insert_many_async(conn: psycopg.AsyncConnection[Any], settings: Settings,
                             params: dict[str, Any]) -> list[int]:
     cur = await conn.execute(sql.query("insert_jobs", settings.schema), params)
-    return [int(r[0]) for r in await cur.fetchall()]
+    ids = [int(r[0]) for r in await cur.fetchall()]
+    log_enqueued(params, ids)
+    return ids
+
+
+_enqueue_log: Any = None
+
+
+def log_enqueued(params: dict[str, Any], ids: list[int]) -> None:
+    """``job.enqueued`` at debug level, one event per job.
+
+    Only once structlog is configured (by the host application or a jobqueue
+    process): unconfigured structlog prints every level, and a library must not
+    write a line per enqueue to an application's output. With debug disabled
+    the filtering logger's ``debug`` is a no-op, so the hot path pays a lookup.
+    """
+    global _enqueue_log
+    if _enqueue_log is None:
+        if not structlog.is_configured():
+            return
+        _enqueue_log = get_logger("jobqueue.enqueue")
+    enabled = getattr(_enqueue_log, "is_enabled_for", None)
+    if enabled is not None and not enabled(logging.DEBUG):
+        return  # skip building the events of a bulk enqueue nobody will see
+    debug = _enqueue_log.debug
+    single = "task" in params
+    for i, job_id in enumerate(ids):
+        debug("job.enqueued", job_id=job_id,
+              task=params["task"] if single else params["tasks"][i],
+              queue=params["queue"] if single else params["queues"][i],
+              correlation_id=params.get("correlation_id"))
 
 
 def pool_timeout(dsn: str, settings: Settings, exc: Exception) -> DatabaseError:

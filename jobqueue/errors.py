@@ -32,6 +32,20 @@ class DuplicateTaskError(JobQueueError):
     """Two tasks registered under one name in one app."""
 
 
+class DuplicateJobError(JobQueueError):
+    """A live job (queued or running) already holds this ``unique_key``.
+
+    Raised by enqueue with ``raise_on_duplicate=True``; ``job_id`` is the
+    existing job's id. Nothing was sent that failed, so the caller's
+    transaction stays usable.
+    """
+
+    def __init__(self, unique_key: str, job_id: int) -> None:
+        super().__init__(f"a live job already has unique_key {unique_key!r}: job {job_id}")
+        self.unique_key = unique_key
+        self.job_id = job_id
+
+
 class DatabaseError(JobQueueError):
     """The database could not be reached or refused the operation."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -51,8 +52,13 @@ class Retry:
     def backoff(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         exp = max(attempt, 1) - 1
-        # 2 ** exp overflows float past ~1024; the cap is reached long before.
-        ceiling = self.cap if exp >= 64 else min(self.cap, self.base * (2.0**exp))
+        # base * 2 ** exp, exactly (ldexp); past the float range it is above
+        # any cap. (A shortcut to the cap for large attempts would be wrong for
+        # base=0, which must stay 0.)
+        try:
+            ceiling = min(self.cap, math.ldexp(self.base, exp))
+        except OverflowError:
+            ceiling = self.cap
         if not self.jitter:
             return ceiling
         return (rng or random).uniform(0.0, ceiling)

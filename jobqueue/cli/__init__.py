@@ -12,7 +12,18 @@ import sys
 import psycopg
 import typer
 
-from jobqueue.cli import dead, demo, embedded, enqueue, migrate, stats, worker
+from jobqueue.cli import (
+    control,
+    cron,
+    dead,
+    demo,
+    doctor,
+    embedded,
+    enqueue,
+    migrate,
+    stats,
+    worker,
+)
 from jobqueue.errors import JobQueueError
 
 app = typer.Typer(
@@ -22,8 +33,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (migrate, worker, enqueue, stats, demo):
+for module in (migrate, worker, enqueue, stats, control, doctor, demo):
     module.register(app)
+app.add_typer(cron.app, name="cron")
 app.add_typer(dead.app, name="dead")
 app.add_typer(embedded.app, name="embedded")
 

@@ -1,29 +1,104 @@
-"""``jobqueue stats``: depth of every queue."""
+"""``jobqueue stats``: depth, age and throughput of every queue, once or ``--watch``."""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any
 
+import psycopg
 import typer
 
+from jobqueue.app import JobQueue
 from jobqueue.cli.options import Dsn, Json, Schema, plain_app
 from jobqueue.cli.output import age, emit_json, table
+from jobqueue.enqueue import probe_schema
+from jobqueue.overview import QueueOverview, queue_overview
+
+HEADERS = ["queue", "ready", "scheduled", "running", "dead", "oldest ready", "jobs/s", "paused"]
+# Clear the screen and go home: a refreshing table, like top or watch(1).
+CLEAR = "\x1b[H\x1b[2J"
+
+
+def render(rows: list[QueueOverview]) -> str:
+    if not rows:
+        return "no jobs: every queue is empty"
+    return table(HEADERS, [
+        [r.queue, r.queued, r.scheduled, r.running, r.dead, age(r.oldest_age),
+         f"{r.per_second:.1f}", "yes" if r.paused else "no"] for r in rows])
+
+
+def read(jq: JobQueue, conn: psycopg.Connection[Any]) -> list[QueueOverview]:
+    probe_schema(conn, jq.settings)  # "not migrated: run jobqueue migrate", not a SQL error
+    return queue_overview(conn, jq.schema)
 
 
 def register(app: typer.Typer) -> None:
     @app.command("stats")
-    def stats_cmd(dsn: Dsn = None, schema: Schema = None, as_json: Json = False) -> None:
-        """Per queue: ready, scheduled, running and dead jobs, and the oldest ready job's age."""
+    def stats_cmd(
+        dsn: Dsn = None,
+        schema: Schema = None,
+        as_json: Json = False,
+        watch: Annotated[bool, typer.Option(
+            "--watch", "-w", help="Refresh until Ctrl-C (with --json: one JSON line each time).")]
+        = False,
+        interval: Annotated[float, typer.Option(
+            "--interval", "-n", min=0.1, help="Seconds between refreshes with --watch.")] = 2.0,
+        count: Annotated[int | None, typer.Option(
+            "--count", min=1, help="With --watch: stop after this many refreshes.")] = None,
+    ) -> None:
+        """Per queue: ready, scheduled, running and dead jobs, the oldest ready job's age,
+        finished jobs per second over the last minute, and whether it is paused."""
         jq = plain_app(dsn, schema)
-        with jq.connect() as conn:
-            rows = jq.stats(conn=conn)
-        if as_json:
-            emit_json([dataclasses.asdict(r) for r in rows])
+        if not watch:
+            with jq.connect() as conn:
+                rows = read(jq, conn)
+            if as_json:
+                emit_json([r.as_dict() for r in rows])
+            else:
+                typer.echo(render(rows))
             return
-        if not rows:
-            typer.echo("no jobs: every queue is empty")
-            return
-        typer.echo(table(
-            ["queue", "ready", "scheduled", "running", "dead", "oldest ready"],
-            [[r.queue, r.queued, r.scheduled, r.running, r.dead, age(r.oldest_age)]
-             for r in rows]))
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+            _watch(jq, as_json, interval, count)
+
+
+def _watch(jq: JobQueue, as_json: bool, interval: float, count: int | None) -> None:
+    tty = sys.stdout.isatty()
+    conn: psycopg.Connection[Any] | None = None
+    shown = 0
+    try:
+        while True:
+            now = datetime.now(timezone.utc)
+            try:
+                if conn is None or conn.closed:
+                    conn = jq.connect()
+                    conn.autocommit = True  # a watch must not hold a transaction open
+                rows: list[QueueOverview] | None = read(jq, conn)
+                error = None
+            except psycopg.OperationalError as exc:
+                # Keep watching through a restart or a network blip.
+                rows, error = None, str(exc).strip().splitlines()[0] if str(exc).strip() \
+                    else type(exc).__name__
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            if as_json:
+                line: dict[str, Any] = {"at": now.isoformat()}
+                line |= {"error": error} if rows is None else \
+                    {"queues": [r.as_dict() for r in rows]}
+                typer.echo(json.dumps(line, default=str))
+            else:
+                head = (f"jobqueue stats: schema {jq.schema}, {now:%H:%M:%S} UTC, "
+                        f"every {interval:g}s (Ctrl-C to stop)")
+                body = f"database unavailable: {error}" if rows is None else render(rows)
+                typer.echo(f"{CLEAR if tty else ''}{head}\n\n{body}\n")
+            shown += 1
+            if count is not None and shown >= count:
+                return
+            time.sleep(interval)  # the refresh period a person asked for
+    finally:
+        if conn is not None:
+            conn.close()

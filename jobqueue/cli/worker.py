@@ -10,7 +10,36 @@ import typer
 
 from jobqueue.cli.options import AppPath, Dsn, Schema, load_app
 from jobqueue.cli.output import fail
+from jobqueue.errors import ConfigError
 from jobqueue.worker import Worker, WorkerConfig
+
+
+def parse_queues(text: str) -> tuple[tuple[str, ...], dict[str, float] | None]:
+    """``a:3,b:1,c`` -> the names and their weights (None when no name has one).
+
+    A name without a weight weighs 1 once another name has one.
+    """
+    names: list[str] = []
+    weights: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        head, sep, weight = item.rpartition(":")
+        name = head.strip() if sep else item
+        if not name:
+            raise ConfigError(f"--queues: {item!r} has no queue name")
+        if sep:
+            try:
+                value = float(weight)
+            except ValueError:
+                raise ConfigError(f"--queues: weight {weight!r} of {name!r} is not a number") \
+                    from None
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"--queues: weight of {name!r} must be > 0, got {weight!r}")
+            weights[name] = value
+        if name not in names:
+            names.append(name)
+    return tuple(names), weights or None
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +49,9 @@ def register(app: typer.Typer) -> None:
         dsn: Dsn = None,
         schema: Schema = None,
         queues: Annotated[str | None, typer.Option(
-            "--queues", "-q", help="Comma-separated queues. [default: the app's default queue]")]
+            "--queues", "-q",
+            help="Comma-separated queues, each optionally weighted: a:3,b:1 takes a first "
+                 "three times as often as b. [default: the app's default queue]")]
         = None,
         concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 10,
         burst: Annotated[bool, typer.Option("--burst", help="Drain ready jobs, then exit 0.")]
@@ -30,16 +61,29 @@ def register(app: typer.Typer) -> None:
         poll_interval: Annotated[float, typer.Option(
             "--poll-interval", help="Fallback poll when no NOTIFY arrives, seconds.")] = 1.0,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 100,
+        metrics_port: Annotated[int | None, typer.Option(
+            "--metrics-port", min=0, max=65535, envvar="JOBQUEUE_METRICS_PORT",
+            help="Serve Prometheus metrics at http://ADDR:PORT/metrics.")] = None,
+        metrics_addr: Annotated[str, typer.Option(
+            "--metrics-addr", help="Address the metrics server binds.")] = "0.0.0.0",
+        metrics_interval: Annotated[float, typer.Option(
+            "--metrics-interval", min=0.1,
+            help="How often the gauge leader reads queue depths, seconds.")] = 10.0,
+        fair_every: Annotated[int, typer.Option(
+            "--fair-every", min=0,
+            help="Every Nth claim takes the oldest jobs whatever their priority "
+                 "(0: never).")] = 10,
     ) -> None:
         """Run a worker until SIGTERM/SIGINT (or, with --burst, until the queues are empty)."""
         if not app_path:
             raise fail("--app is required (or set JOBQUEUE_APP), e.g. --app myproject.jobs:app")
         queue = load_app(app_path, dsn, schema)
-        names = tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None
+        names, weights = parse_queues(queues) if queues else ((), None)
         config = WorkerConfig(
             queues=names or (queue.default_queue,), concurrency=concurrency, burst=burst,
             shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
-            batch_size=batch_size)
+            batch_size=batch_size, metrics_port=metrics_port, metrics_addr=metrics_addr,
+            metrics_interval=metrics_interval, queue_weights=weights, fair_every=fair_every)
         worker = Worker(queue, config)
         worker.run()
         if worker.abandoned_threads:

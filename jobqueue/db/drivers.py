@@ -47,6 +47,10 @@ def sync_connection(conn: Any) -> psycopg.Connection[Any]:
     if isinstance(conn, SAConnection):
         raw = conn.connection.driver_connection
         if isinstance(raw, psycopg.Connection):
+            if not conn.in_transaction():
+                # SQLAlchemy begins lazily, at its first execute: begin now, or the
+                # caller's commit() would find no transaction and silently drop the job.
+                conn.begin()
             return raw
         raise _unsupported(raw, _SYNC_KINDS + " - use a postgresql+psycopg:// URL")
     raise _unsupported(conn, _SYNC_KINDS)
@@ -68,6 +72,8 @@ async def async_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
         pooled = await conn.get_raw_connection()
         raw = pooled.driver_connection
         if isinstance(raw, psycopg.AsyncConnection):
+            if not conn.in_transaction():
+                await conn.begin()  # as for the sync Connection: commit() must see it
             return raw
         raise _unsupported(raw, _ASYNC_KINDS + " - use a postgresql+psycopg:// URL")
     raise _unsupported(conn, _ASYNC_KINDS)

@@ -9,6 +9,7 @@ migration tool take the SQL from :func:`sql_script` (``jobqueue migrate --sql``)
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ VERSION_TABLE = "jobqueue_alembic_version"
 # Serialises concurrent `jobqueue migrate` runs (say, every worker of a fleet
 # migrating on deploy): the second waits, then finds nothing left to do.
 MIGRATE_LOCK_KEY = 0x6A6F62715F6D6967  # "jobq_mig"
+# Alembic keeps the running command in module globals (alembic.context, alembic.op):
+# two threads migrating at once would run each other's env.py on each other's
+# connection and deadlock while holding the advisory lock. One command at a time.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def migrations_dir() -> Path:
@@ -54,15 +59,23 @@ def _engine(dsn: str) -> Any:
 def upgrade(dsn: str, schema: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision``; a no-op when already there."""
     from alembic import command
+    from sqlalchemy.exc import DBAPIError
 
     cfg = _config(schema)
     engine = _engine(dsn)
     try:
         with engine.connect() as connection:
             cfg.attributes["connection"] = connection
-            command.upgrade(cfg, revision)
+            with _ALEMBIC_LOCK:
+                command.upgrade(cfg, revision)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+    except DBAPIError as exc:
+        # SQLAlchemy wraps the driver's error when the first connect fails.
+        if not isinstance(exc.orig, psycopg.OperationalError):
+            raise
+        first = str(exc.orig).strip().splitlines()[0]
+        raise DatabaseError(f"database unavailable: {first}") from None
     finally:
         engine.dispose()
 
@@ -73,7 +86,8 @@ def sql_script(schema: str, revision: str = "head") -> str:
 
     buffer = io.StringIO()
     cfg = _config(schema, output=buffer)
-    command.upgrade(cfg, revision, sql=True)
+    with _ALEMBIC_LOCK:
+        command.upgrade(cfg, revision, sql=True)
     return buffer.getvalue()
 
 

@@ -51,9 +51,10 @@ def query(name: str, schema: str) -> sql.Composed:
         text = statements[name]
     except KeyError:
         raise KeyError(f"no statement named {name!r} in queries.sql") from None
-    fragments = {key.removeprefix("fragment_"): sql.SQL(body)
+    ident = sql.Identifier(schema)
+    fragments = {key.removeprefix("fragment_"): sql.SQL(body).format(schema=ident)
                  for key, body in statements.items() if key.startswith("fragment_")}
-    return sql.SQL(text).format(schema=sql.Identifier(schema), **fragments)
+    return sql.SQL(text).format(schema=ident, **fragments)
 
 
 def schema_revision_text(revision: str, schema: str) -> str:

@@ -12,11 +12,12 @@ SELECT to_regclass(%(table)s) IS NOT NULL AS migrated;
 -- Postgres folds identical notifications of one transaction into one, so many
 -- enqueues in one transaction still cost a single NOTIFY at commit.
 WITH job AS (
-    INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts, unique_key)
+    INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts, unique_key,
+                               correlation_id, lock_key)
     VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(priority)s,
             COALESCE(%(run_at)s::timestamptz,
                      now() + make_interval(secs => %(delay)s::float8)),
-            %(max_attempts)s, %(unique_key)s)
+            %(max_attempts)s, %(unique_key)s, %(correlation_id)s::text, %(lock_key)s::text)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id, queue, run_at
 )
@@ -31,11 +32,12 @@ SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s;
 -- Bulk enqueue in one round trip: arrays in, one row per element, ids out in
 -- input order, one NOTIFY per distinct ready queue.
 WITH job AS (
-    INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts)
+    INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts,
+                               correlation_id, lock_key)
     SELECT u.queue, u.task, u.args, u.priority,
            COALESCE(%(run_at)s::timestamptz,
                     now() + make_interval(secs => %(delay)s::float8)),
-           u.max_attempts
+           u.max_attempts, %(correlation_id)s::text, %(lock_key)s::text
     FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
                 %(priorities)s::smallint[], %(max_attempts)s::integer[])
          WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, ord)
@@ -47,29 +49,17 @@ WITH job AS (
 )
 SELECT job.id FROM job CROSS JOIN notified ORDER BY job.id;
 
--- name: claim_jobs
--- SKIP LOCKED lets any number of workers claim concurrently without waiting on
--- each other's row locks; the inner SELECT walks jobs_ready_idx.
-UPDATE {schema}.jobs AS j
-SET state = 'running',
-    attempts = j.attempts + 1,
-    locked_by = %(worker_id)s,
-    locked_until = now() + make_interval(secs => %(lease)s::float8)
-FROM (
-    SELECT id FROM {schema}.jobs
-    WHERE queue = ANY(%(queues)s::text[]) AND state = 'queued' AND run_at <= now()
-    ORDER BY priority, run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) AS claimed
-WHERE j.id = claimed.id
-RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.priority,
-          j.run_at, j.created_at;
-
 -- name: next_run_at
--- How long the fetcher may sleep: the earliest scheduled job of its queues.
-SELECT min(run_at) FROM {schema}.jobs
-WHERE queue = ANY(%(queues)s::text[]) AND state = 'queued';
+-- How long the fetcher may sleep: the earliest scheduled job of its queues,
+-- read per queue from the head of jobs_oldest_idx.
+SELECT min(head.run_at)
+FROM unnest(%(queues)s::text[]) AS q(name)
+CROSS JOIN LATERAL (
+    SELECT run_at FROM {schema}.jobs
+    WHERE queue = q.name AND state = 'queued'
+    ORDER BY run_at
+    LIMIT 1
+) AS head;
 
 -- name: ack_succeeded
 -- The locked_by guard: only the worker holding a job's lease may finish it.
@@ -100,15 +90,16 @@ WITH gone AS (
     WHERE j.id = u.id AND j.locked_by = %(worker_id)s
     RETURNING j.id, j.queue, j.task, j.args, j.priority, j.run_at, j.attempts,
               j.max_attempts, j.unique_key, j.cron_name, j.replay_of, j.created_at,
+              j.lock_key, j.correlation_id,
               CASE WHEN u.error IS NULL THEN j.errors
                    ELSE j.errors || jsonb_build_array(u.error) END AS errors,
               u.reason
 )
 INSERT INTO {schema}.dead_jobs (id, queue, task, args, priority, run_at, attempts,
                                 max_attempts, unique_key, cron_name, replay_of,
-                                created_at, errors, reason)
+                                created_at, errors, reason, lock_key, correlation_id)
 SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
-       cron_name, replay_of, created_at, errors, reason
+       cron_name, replay_of, created_at, errors, reason, lock_key, correlation_id
 FROM gone;
 
 -- name: release_jobs
@@ -138,7 +129,9 @@ DELETE FROM {schema}.workers WHERE id = %(worker_id)s;
 -- name: heartbeat_jobs
 UPDATE {schema}.jobs
 SET locked_until = now() + make_interval(secs => %(lease)s::float8)
-WHERE locked_by = %(worker_id)s AND state = 'running';
+WHERE locked_by = %(worker_id)s AND state = 'running'
+-- Jobs cancelled while running: the fallback when the NOTIFY was missed.
+RETURNING id, cancel_requested;
 
 -- name: heartbeat_worker
 UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id;
@@ -152,9 +145,14 @@ SELECT pg_try_advisory_xact_lock(%(key)s);
 -- A worker is gone when its heartbeat is older than the timeout, or, sooner,
 -- when its LISTEN session has ended and it has also missed a heartbeat (the
 -- grace covers a worker that is just reconnecting its listener).
+-- A restart of the server ends every session and silences every heartbeat at
+-- once, which says nothing about the workers: silence counts from the server's
+-- start at the earliest, and a session older than the server is no evidence.
 DELETE FROM {schema}.workers AS w
-WHERE w.heartbeat_at < now() - make_interval(secs => %(worker_timeout)s::float8)
+WHERE greatest(w.heartbeat_at, pg_postmaster_start_time())
+      < now() - make_interval(secs => %(worker_timeout)s::float8)
    OR (w.backend_pid IS NOT NULL
+       AND w.backend_start > pg_postmaster_start_time()
        AND w.heartbeat_at < now() - make_interval(secs => %(session_grace)s::float8)
        AND NOT EXISTS (
            SELECT 1 FROM pg_stat_activity AS a
@@ -176,14 +174,14 @@ WITH gone AS (
 )
 INSERT INTO {schema}.dead_jobs (id, queue, task, args, priority, run_at, attempts,
                                 max_attempts, unique_key, cron_name, replay_of,
-                                created_at, errors, reason)
+                                created_at, errors, reason, lock_key, correlation_id)
 SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
        cron_name, replay_of, created_at,
        errors || jsonb_build_array(jsonb_build_object(
            'at', now(), 'attempt', attempts, 'worker', locked_by, 'type', 'WorkerLost',
            'message', 'the worker running this job died or lost its lease',
            'traceback', NULL)),
-       'crashed'
+       'crashed', lock_key, correlation_id
 FROM gone
 RETURNING id;
 
@@ -273,8 +271,9 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, unique_key,
-                               cron_name, replay_of)
-    SELECT d.queue, d.task, d.args, d.priority, d.max_attempts, d.unique_key, d.cron_name, d.id
+                               cron_name, replay_of, lock_key, correlation_id)
+    SELECT d.queue, d.task, d.args, d.priority, d.max_attempts, d.unique_key, d.cron_name, d.id,
+           d.lock_key, d.correlation_id
     FROM {schema}.dead_jobs AS d JOIN picked USING (id)
     ORDER BY d.id
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
@@ -296,3 +295,457 @@ ORDER BY marked.dead_id;
 
 -- name: dead_purge
 DELETE FROM {schema}.dead_jobs WHERE {dead_filter} RETURNING id;
+
+-- ==== queue controls and cancellation ====
+
+-- name: queue_set_paused
+INSERT INTO {schema}.queues (name, paused) VALUES (%(queue)s, %(paused)s)
+ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
+
+-- name: queue_set_limits
+-- NULL clears a limit.
+INSERT INTO {schema}.queues (name, max_running, rate_limit, rate_period)
+VALUES (%(queue)s, %(max_running)s, %(rate_limit)s, %(rate_period)s)
+ON CONFLICT (name) DO UPDATE
+SET max_running = EXCLUDED.max_running, rate_limit = EXCLUDED.rate_limit,
+    rate_period = EXCLUDED.rate_period, updated_at = now();
+
+-- name: queue_settings
+SELECT name, paused, max_running, rate_limit, rate_period
+FROM {schema}.queues
+WHERE %(queues)s::text[] IS NULL OR name = ANY(%(queues)s::text[])
+ORDER BY name;
+
+-- name: notify_control
+SELECT pg_notify(%(channel)s, %(message)s);
+
+-- name: cancel_queued
+-- A queued job is cancelled at once: moved to dead_jobs (reason 'cancelled')
+-- in one statement, so it stays visible for audit and can be replayed.
+WITH gone AS (
+    DELETE FROM {schema}.jobs WHERE id = %(id)s AND state = 'queued'
+    RETURNING *
+)
+INSERT INTO {schema}.dead_jobs (id, queue, task, args, priority, run_at, attempts,
+                                max_attempts, unique_key, cron_name, replay_of, created_at,
+                                errors, reason, lock_key, correlation_id)
+SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
+       cron_name, replay_of, created_at,
+       errors || jsonb_build_array(jsonb_build_object(
+           'at', now(), 'attempt', attempts, 'worker', NULL, 'type', 'Cancelled',
+           'message', 'cancelled while queued', 'traceback', NULL)),
+       'cancelled', lock_key, correlation_id
+FROM gone
+RETURNING id;
+
+-- name: cancel_running
+-- A running job is flagged; its worker hears of it by NOTIFY at once, or at
+-- its next heartbeat when LISTEN is down.
+UPDATE {schema}.jobs SET cancel_requested = true
+WHERE id = %(id)s AND state = 'running'
+RETURNING locked_by;
+
+-- ==== operations ====
+-- Counters, the per-queue overview behind `stats` and the metrics gauges,
+-- and the checks of `jobqueue doctor`.
+
+-- name: count_outcomes
+-- The completer's outcome counters in 10-second buckets: "jobs per second over
+-- the last minute" without keeping a row per finished job. Rows are upserted
+-- in queue order, so two workers' flushes lock them in the same order and
+-- cannot deadlock on each other.
+INSERT INTO {schema}.job_counts AS c (queue, bucket, succeeded, retried, dead)
+SELECT u.queue, date_bin('10 seconds', now(), timestamptz '1970-01-01 00:00:00+00'),
+       u.succeeded, u.retried, u.dead
+FROM unnest(%(queues)s::text[], %(succeeded)s::bigint[], %(retried)s::bigint[],
+            %(dead)s::bigint[]) AS u(queue, succeeded, retried, dead)
+ORDER BY u.queue
+ON CONFLICT (queue, bucket) DO UPDATE
+SET succeeded = c.succeeded + excluded.succeeded,
+    retried = c.retried + excluded.retried,
+    dead = c.dead + excluded.dead;
+
+-- name: prune_job_counts
+-- Only the last minute is read; an hour is kept for people looking by hand.
+DELETE FROM {schema}.job_counts
+WHERE bucket < now() - make_interval(secs => %(keep)s::float8);
+
+-- name: queue_overview
+-- One row per queue that has jobs, dead jobs, outcomes in the last minute or
+-- a row in queues. The rate covers the buckets of the last 50 to 60 seconds:
+-- the current (partial) bucket and the five before it, divided by the time
+-- they actually span. "workers" counts live workers (fresh heartbeat) that
+-- serve the queue.
+WITH live AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS ready,
+           count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           extract(epoch FROM now() - min(run_at)
+                   FILTER (WHERE state = 'queued' AND run_at <= now()))::float8 AS oldest_age
+    FROM {schema}.jobs GROUP BY queue
+), dead AS (
+    SELECT queue, count(*) AS dead FROM {schema}.dead_jobs
+    WHERE replayed_at IS NULL GROUP BY queue
+), span AS (
+    SELECT date_bin('10 seconds', now(), timestamptz '1970-01-01 00:00:00+00')
+           - interval '50 seconds' AS since
+), done AS (
+    SELECT c.queue, sum(c.succeeded) AS succeeded, sum(c.retried) AS retried,
+           sum(c.dead) AS dead
+    FROM {schema}.job_counts AS c CROSS JOIN span
+    WHERE c.bucket >= span.since
+    GROUP BY c.queue
+), served AS (
+    SELECT q.name AS queue, count(*) AS workers
+    FROM {schema}.workers AS w CROSS JOIN LATERAL unnest(w.queues) AS q(name)
+    WHERE w.heartbeat_at >= now() - make_interval(secs => %(worker_timeout)s::float8)
+    GROUP BY q.name
+), names AS (
+    SELECT queue FROM live
+    UNION SELECT queue FROM dead
+    UNION SELECT queue FROM done
+    UNION SELECT name FROM {schema}.queues
+)
+SELECT names.queue,
+       COALESCE(live.ready, 0) AS ready,
+       COALESCE(live.scheduled, 0) AS scheduled,
+       COALESCE(live.running, 0) AS running,
+       COALESCE(dead.dead, 0) AS dead,
+       live.oldest_age,
+       COALESCE(done.succeeded, 0) AS succeeded_1m,
+       COALESCE(done.retried, 0) AS retried_1m,
+       COALESCE(done.dead, 0) AS dead_1m,
+       extract(epoch FROM now() - span.since)::float8 AS span_seconds,
+       COALESCE(q.paused, false) AS paused,
+       COALESCE(served.workers, 0) AS workers
+FROM names CROSS JOIN span
+LEFT JOIN live ON live.queue = names.queue
+LEFT JOIN dead ON dead.queue = names.queue
+LEFT JOIN done ON done.queue = names.queue
+LEFT JOIN served ON served.queue = names.queue
+LEFT JOIN {schema}.queues AS q ON q.name = names.queue
+ORDER BY names.queue;
+
+-- name: worker_heartbeats
+SELECT id, hostname, pid, queues,
+       extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at,
+       extract(epoch FROM now() - heartbeat_at)::float8 AS age
+FROM {schema}.workers
+ORDER BY id;
+
+-- name: try_session_leadership
+-- Session-scoped, on a connection kept for this purpose only: the holder stays
+-- leader until its session ends, so one worker of the fleet runs the gauge
+-- query. (Like LISTEN, this needs a real session, not PgBouncer's transaction
+-- mode.)
+SELECT pg_try_advisory_lock(%(key)s);
+
+-- name: doctor_autovacuum
+SELECT c.reloptions, current_setting('autovacuum') AS autovacuum,
+       current_setting('track_counts') AS track_counts
+FROM pg_class AS c
+WHERE c.oid = to_regclass(%(table)s);
+
+-- name: doctor_table
+-- Dead tuples and sizes of the jobs table. Stats are estimates that the
+-- server updates asynchronously; good enough for "is vacuum keeping up".
+SELECT s.n_live_tup, s.n_dead_tup,
+       extract(epoch FROM now() - greatest(s.last_vacuum, s.last_autovacuum))::float8
+           AS since_vacuum,
+       pg_relation_size(c.oid) AS table_bytes,
+       current_setting('block_size')::int AS block_size,
+       (SELECT sum(st.avg_width) FROM pg_stats AS st
+        WHERE st.schemaname = %(schema)s AND st.tablename = 'jobs') AS row_width
+FROM pg_class AS c
+LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+WHERE c.oid = to_regclass(%(table)s);
+
+-- name: doctor_indexes
+-- Per index of jobs: its size, its entry count as of the last vacuum or
+-- analyze, and the average width of its key columns (from pg_stats).
+SELECT ic.relname, pg_relation_size(i.indexrelid) AS bytes,
+       greatest(ic.reltuples, 0)::float8 AS entries,
+       (SELECT sum(COALESCE(st.avg_width, 8))
+        FROM unnest(i.indkey) AS k(attnum)
+        JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        LEFT JOIN pg_stats AS st
+               ON st.schemaname = %(schema)s AND st.tablename = 'jobs'
+              AND st.attname = a.attname) AS key_width
+FROM pg_index AS i
+JOIN pg_class AS ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = to_regclass(%(table)s)
+ORDER BY ic.relname;
+
+-- name: doctor_transactions
+-- Open transactions of this database, oldest first. backend_xid/backend_xmin
+-- say whether the session holds back the xmin horizon, below which vacuum
+-- may not remove dead rows (of jobs, as of every other table).
+SELECT pid, usename, application_name, host(client_addr) AS client, state,
+       extract(epoch FROM now() - xact_start)::float8 AS xact_age,
+       extract(epoch FROM now() - state_change)::float8 AS state_age,
+       age(backend_xid) AS xid_age, age(backend_xmin) AS xmin_age,
+       left(regexp_replace(query, '\s+', ' ', 'g'), 120) AS query
+FROM pg_stat_activity
+WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND backend_type = 'client backend'
+  AND xact_start IS NOT NULL
+  AND pid <> pg_backend_pid()
+ORDER BY xact_start
+LIMIT 50;
+
+-- name: doctor_horizon_backend
+-- The session of this database whose snapshot or transaction id is oldest:
+-- the one holding the xmin horizon for this database's tables.
+SELECT pid, state, greatest(age(backend_xid), age(backend_xmin)) AS xid_age
+FROM pg_stat_activity
+WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+  AND pid <> pg_backend_pid()
+  AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY 3 DESC NULLS LAST
+LIMIT 1;
+
+-- name: doctor_prepared
+SELECT gid, owner, extract(epoch FROM now() - prepared)::float8 AS age,
+       age(transaction) AS xid_age
+FROM pg_prepared_xacts
+WHERE database = current_database()
+ORDER BY prepared;
+
+-- name: doctor_slots
+-- Replication slots hold the horizon too: xmin (a standby's
+-- hot_standby_feedback) for every table, catalog_xmin for the catalogs.
+SELECT slot_name, slot_type, active, age(xmin) AS xmin_age,
+       age(catalog_xmin) AS catalog_xmin_age
+FROM pg_replication_slots
+ORDER BY slot_name;
+
+-- name: doctor_notify_queue
+SELECT pg_notification_queue_usage();
+
+-- name: probe_notify
+-- The listener's self-check: a NOTIFY from another session on the worker's
+-- own probe channel, which it must see come back on its LISTEN connection.
+SELECT pg_notify(%(channel)s, %(payload)s);
+
+-- name: queue_capacity
+-- How many more jobs each limited queue may start now: its max_running minus
+-- what runs, and its rate limit minus what was claimed in the current window.
+-- Run under the queues' advisory locks (see worker/claimer.py).
+SELECT q.name,
+       GREATEST(0, LEAST(
+           COALESCE(q.max_running - (SELECT count(*) FROM {schema}.jobs AS j
+                                     WHERE j.queue = q.name AND j.state = 'running'),
+                    2147483647),
+           COALESCE(q.rate_limit - COALESCE((
+               SELECT w.claimed FROM {schema}.queue_windows AS w
+               WHERE w.queue = q.name
+                 AND w.window_start = date_bin(make_interval(secs => q.rate_period), now(),
+                                               timestamptz '2000-01-01')), 0),
+                    2147483647)))::integer AS capacity
+FROM {schema}.queues AS q
+WHERE q.name = ANY(%(queues)s::text[]);
+
+-- name: queue_window_add
+-- Counts claims of rate-limited queues in their current fixed window; windows
+-- older than a day are dropped on the way.
+WITH added AS (
+    INSERT INTO {schema}.queue_windows (queue, window_start, claimed)
+    SELECT u.queue,
+           date_bin(make_interval(secs => q.rate_period), now(), timestamptz '2000-01-01'),
+           u.n
+    FROM unnest(%(queues)s::text[], %(counts)s::integer[]) AS u(queue, n)
+    JOIN {schema}.queues AS q ON q.name = u.queue
+    WHERE q.rate_period IS NOT NULL
+    ON CONFLICT (queue, window_start)
+    DO UPDATE SET claimed = {schema}.queue_windows.claimed + EXCLUDED.claimed
+)
+DELETE FROM {schema}.queue_windows
+WHERE queue = ANY(%(queues)s::text[]) AND window_start < now() - interval '1 day';
+
+-- ==== cron ====
+
+-- name: cron_lead
+-- Scheduler leadership for one round, and the database's clock, the one clock
+-- all the fleet's schedulers agree on. The lock is transaction-scoped, like
+-- maintenance's (under a key of its own): released at COMMIT, so a leader that
+-- dies mid-round frees it at once, and it works through PgBouncer's
+-- transaction mode. Fired jobs are enqueued jobs, so the round commits
+-- durably even on the worker's synchronous_commit=off connections: a job seen
+-- and run before a crash must not be lost with its tick, or the tick would fire again.
+SELECT pg_try_advisory_xact_lock(%(key)s) AS leader,
+       clock_timestamp() AS now,
+       set_config('synchronous_commit', 'on', true) AS durable;
+
+-- name: cron_sync
+-- The leader's schedules are upserted, and rows of schedules its app no
+-- longer defines are retired. A changed expression or timezone resets the
+-- cursor (next_fire_at): it was a tick of the old schedule, and a changed
+-- schedule, like a new one, fires no tick from before it existed.
+WITH defined AS (
+    SELECT *
+    FROM unnest(%(names)s::text[], %(expressions)s::text[], %(tasks)s::text[],
+                %(args)s::jsonb[], %(queues)s::text[], %(timezones)s::text[],
+                %(overlaps)s::text[], %(priorities)s::smallint[], %(catch_ups)s::integer[])
+         AS d(name, expression, task, args, queue, timezone, overlap, priority, catch_up)
+), retired AS (
+    DELETE FROM {schema}.cron AS c
+    WHERE NOT EXISTS (SELECT 1 FROM defined WHERE defined.name = c.name)
+    RETURNING c.name
+), upserted AS (
+    INSERT INTO {schema}.cron AS c (name, expression, task, args, queue, timezone, overlap,
+                                    priority, catch_up)
+    SELECT name, expression, task, args, queue, timezone, overlap, priority, catch_up
+    FROM defined
+    ON CONFLICT (name) DO UPDATE
+    SET expression = EXCLUDED.expression, task = EXCLUDED.task, args = EXCLUDED.args,
+        queue = EXCLUDED.queue, timezone = EXCLUDED.timezone, overlap = EXCLUDED.overlap,
+        priority = EXCLUDED.priority, catch_up = EXCLUDED.catch_up,
+        next_fire_at = CASE
+            WHEN (c.expression, c.timezone) IS DISTINCT FROM (EXCLUDED.expression, EXCLUDED.timezone)
+            THEN NULL ELSE c.next_fire_at END,
+        updated_at = now()
+    -- Unchanged rows are not rewritten: a round per second would otherwise
+    -- leave a dead tuple per schedule per second behind.
+    WHERE (c.expression, c.task, c.args, c.queue, c.timezone, c.overlap, c.priority, c.catch_up)
+          IS DISTINCT FROM (EXCLUDED.expression, EXCLUDED.task, EXCLUDED.args, EXCLUDED.queue,
+                            EXCLUDED.timezone, EXCLUDED.overlap, EXCLUDED.priority,
+                            EXCLUDED.catch_up)
+    RETURNING c.name, (c.xmax = 0) AS inserted
+)
+SELECT 'retired' AS change, name FROM retired
+UNION ALL
+SELECT CASE WHEN inserted THEN 'added' ELSE 'changed' END, name FROM upserted;
+
+-- name: cron_state
+SELECT name, last_fire_at, next_fire_at
+FROM {schema}.cron
+WHERE name = ANY(%(names)s::text[]);
+
+-- name: cron_fire
+-- One schedule's round, all or nothing. The compare-and-set on the cron row
+-- (the cursor as this leader read it) is what keeps two leaders from firing
+-- one tick: the second waits on the first's row lock, re-reads the row, no
+-- longer matches and inserts nothing. It holds even after the first tick's job
+-- has finished and left the table, where the unique_key ('cron:<name>:<tick>',
+-- unique among live jobs) could no longer tell. With overlap 'skip' only the
+-- oldest chosen tick may fire, and only while no job of the schedule is queued
+-- or running; the other ticks count as fired (the cursor moves past them).
+WITH advanced AS (
+    UPDATE {schema}.cron
+    SET last_fire_at = %(last_fire_at)s::timestamptz,
+        next_fire_at = %(next_fire_at)s::timestamptz,
+        updated_at = now()
+    WHERE name = %(name)s
+      AND last_fire_at IS NOT DISTINCT FROM %(expected_last)s::timestamptz
+      AND next_fire_at IS NOT DISTINCT FROM %(expected_next)s::timestamptz
+    RETURNING name
+), busy AS (
+    SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE cron_name = %(name)s) AS running
+), fired AS (
+    INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts, unique_key,
+                               cron_name)
+    SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, t.tick, %(max_attempts)s,
+           t.key, advanced.name
+    FROM advanced
+    CROSS JOIN busy
+    CROSS JOIN unnest(%(ticks)s::timestamptz[], %(keys)s::text[]) WITH ORDINALITY
+         AS t(tick, key, ord)
+    WHERE %(allow_overlap)s OR (NOT busy.running AND t.ord = 1)
+    ORDER BY t.ord
+    ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING id, queue, run_at
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM fired) AS q
+)
+SELECT (SELECT count(*) FROM advanced) > 0 AS advanced,
+       (SELECT running FROM busy) AS busy,
+       COALESCE((SELECT array_agg(id ORDER BY run_at) FROM fired), '{{}}') AS ids,
+       (SELECT array_agg(run_at ORDER BY run_at) FROM fired) AS ticks,
+       notified.n
+FROM notified;
+
+-- name: cron_list
+SELECT name, expression, timezone, task, queue, overlap, priority, catch_up,
+       last_fire_at, next_fire_at
+FROM {schema}.cron
+ORDER BY name;
+
+-- name: fragment_claim_tail
+-- The end of every claim: "picked" holds the candidate rows, already locked
+-- FOR UPDATE SKIP LOCKED. Jobs sharing a lock_key never run at once: a
+-- candidate with a key is claimed only if its key could be inserted into
+-- job_locks. INSERT ... ON CONFLICT DO NOTHING is decided by Postgres between
+-- concurrent transactions (the later one waits for the earlier to commit, then
+-- skips), which a snapshot-based "is a job with this key running?" could not do.
+locked AS (
+    INSERT INTO {schema}.job_locks (lock_key, job_id)
+    SELECT lock_key, id FROM picked WHERE lock_key IS NOT NULL
+    ON CONFLICT (lock_key) DO NOTHING
+    RETURNING job_id
+)
+UPDATE {schema}.jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    locked_by = %(worker_id)s,
+    locked_until = now() + make_interval(secs => %(lease)s::float8)
+-- "= ANY(ARRAY(subquery))" rather than a join with picked: it keeps the
+-- update on jobs_pkey even in a generic (prepared) plan, where a join may
+-- become a hash join over a scan of jobs.
+WHERE j.id = ANY(ARRAY(SELECT id FROM picked
+                       WHERE lock_key IS NULL OR id IN (SELECT job_id FROM locked)))
+RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.priority,
+          j.run_at, j.created_at, j.lock_key, j.correlation_id
+
+-- name: claim
+-- The fetcher's claim. Each queue's head is read from jobs_ready_idx with
+-- queue = <one name> (an equality on the leading column lets Postgres read the
+-- index in (priority, run_at, id) order and stop after the queue's limit),
+-- then the heads are merged: by the queues' rank when the worker weights its
+-- queues, else by priority, run_at, id across all of them. limits[i] is what
+-- queue i may give (fleet-wide limits make it smaller than limit).
+WITH picked AS (
+    SELECT ready.id, ready.lock_key
+    FROM unnest(%(queues)s::text[], %(limits)s::integer[]) WITH ORDINALITY
+         AS q(name, qlimit, rank)
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at, lock_key FROM {schema}.jobs
+        WHERE queue = q.name AND state = 'queued' AND run_at <= now()
+        ORDER BY priority, run_at, id
+        LIMIT q.qlimit
+        FOR UPDATE SKIP LOCKED
+    ) AS ready
+    ORDER BY CASE WHEN %(ranked)s::boolean THEN q.rank END, ready.priority, ready.run_at,
+             ready.id
+    LIMIT %(limit)s
+), {claim_tail};
+
+-- name: claim_oldest
+-- The same, oldest ready jobs first whatever their priority (jobs_oldest_idx):
+-- taken every few claims so that low-priority work is never starved.
+WITH picked AS (
+    SELECT ready.id, ready.lock_key
+    FROM unnest(%(queues)s::text[], %(limits)s::integer[]) WITH ORDINALITY
+         AS q(name, qlimit, rank)
+    CROSS JOIN LATERAL (
+        SELECT id, run_at, lock_key FROM {schema}.jobs
+        WHERE queue = q.name AND state = 'queued' AND run_at <= now()
+        ORDER BY run_at, id
+        LIMIT q.qlimit
+        FOR UPDATE SKIP LOCKED
+    ) AS ready
+    ORDER BY CASE WHEN %(ranked)s::boolean THEN q.rank END, ready.run_at, ready.id
+    LIMIT %(limit)s
+), {claim_tail};
+
+-- name: release_locks
+-- Lock keys of jobs that finished (acks) or went back to the queue.
+DELETE FROM {schema}.job_locks WHERE job_id = ANY(%(ids)s::bigint[]);
+
+-- name: sweep_locks
+-- Lock keys whose job is no longer running (a crashed worker's, a rescued
+-- job's): the leader clears them so the key's next job can run.
+DELETE FROM {schema}.job_locks AS l
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                  WHERE j.id = l.job_id AND j.state = 'running');

@@ -59,7 +59,8 @@ class Claimer:
 
     @property
     def active(self) -> list[str]:
-        return [q for q in self.queues if not self.settings.get(q, _OPEN).paused]
+        """The worker's queues that are not paused, each once, in configured order."""
+        return [q for q in dict.fromkeys(self.queues) if not self.settings.get(q, _OPEN).paused]
 
     async def refresh(self, conn: psycopg.AsyncConnection[Any]) -> None:
         if time.monotonic() - self._loaded_at < SETTINGS_TTL:

@@ -5,6 +5,10 @@ buffer is full: one DELETE for all successes, one UPDATE for all retries and
 one DELETE-INSERT for all dead jobs, sent together in a pipeline. Batching acks
 is the largest single throughput lever a Postgres queue has: per-job
 round trips and commits would otherwise cap the worker long before the CPU does.
+
+The same pipeline adds the flush's outcomes per queue to ``job_counts`` (the
+10-second buckets behind "jobs/s over the last minute"): one more statement per
+flush rather than a row per job.
 """
 
 from __future__ import annotations
@@ -41,23 +45,46 @@ class Completer(Service):
         self._succeeded: list[int] = []
         self._retries: list[tuple[int, int, float, str]] = []
         self._dead: list[tuple[int, str, str | None]] = []
+        # Jobs with a lock_key whose outcome is buffered: their key is freed in
+        # the same flush, after the ack.
+        self._unlock: list[int] = []
+        # Per queue: [succeeded, retried, dead] not yet written to job_counts.
+        self._tally: dict[str, list[int]] = {}
         self._full = asyncio.Event()
         self._flushed = asyncio.Event()
         self.counts = {"succeeded": 0, "retried": 0, "dead": 0}
 
     # -- called by the executor ------------------------------------------------------------
 
-    def succeeded(self, job_id: int) -> None:
+    def succeeded(self, job_id: int, queue: str | None = None) -> None:
         self._succeeded.append(job_id)
+        if queue is not None:
+            self._count(queue, 0)
         self._check_full()
 
-    def retry(self, job_id: int, attempt: int, delay: float, error: str) -> None:
+    def retry(self, job_id: int, attempt: int, delay: float, error: str,
+              queue: str | None = None) -> None:
         self._retries.append((job_id, attempt, delay, error))
+        if queue is not None:
+            self._count(queue, 1)
         self._check_full()
 
-    def dead(self, job_id: int, reason: str, error: str | None) -> None:
+    def dead(self, job_id: int, reason: str, error: str | None,
+             queue: str | None = None) -> None:
         self._dead.append((job_id, reason, error))
+        if queue is not None:
+            self._count(queue, 2)
         self._check_full()
+
+    def unlock(self, job_id: int) -> None:
+        """Free the job's lock_key with its outcome (call after the outcome)."""
+        self._unlock.append(job_id)
+
+    def _count(self, queue: str, outcome: int) -> None:
+        tally = self._tally.get(queue)
+        if tally is None:
+            tally = self._tally[queue] = [0, 0, 0]
+        tally[outcome] += 1
 
     @property
     def pending(self) -> int:
@@ -95,6 +122,8 @@ class Completer(Service):
         """Write every buffered outcome; on failure they stay buffered for the next try."""
         ok, retries, dead = self._succeeded, self._retries, self._dead
         self._succeeded, self._retries, self._dead = [], [], []
+        unlock, self._unlock = self._unlock, []
+        tally, self._tally = self._tally, {}
         try:
             async with self.pool.connection() as conn, conn.pipeline():
                 # Each statement is correct on its own (the locked_by guard), so
@@ -113,6 +142,18 @@ class Completer(Service):
                     await conn.execute(sql.query("ack_dead", self.schema), {
                         "ids": list(ids), "reasons": list(reasons), "errors": list(derrors),
                         "worker_id": self.worker_id})
+                if unlock:
+                    await conn.execute(sql.query("release_locks", self.schema),
+                                       {"ids": unlock})
+                if tally:
+                    # Between two syncs a pipeline is one implicit transaction:
+                    # the counts commit together with the acks or not at all.
+                    queues = sorted(tally)
+                    await conn.execute(sql.query("count_outcomes", self.schema), {
+                        "queues": queues,
+                        "succeeded": [tally[q][0] for q in queues],
+                        "retried": [tally[q][1] for q in queues],
+                        "dead": [tally[q][2] for q in queues]})
         except BaseException:
             # Keep them for the next flush. Re-running an already applied
             # statement is harmless: the rows it touched are gone or re-queued,
@@ -120,6 +161,11 @@ class Completer(Service):
             self._succeeded = ok + self._succeeded
             self._retries = retries + self._retries
             self._dead = dead + self._dead
+            self._unlock = unlock + self._unlock
+            for queue, counts in tally.items():
+                kept = self._tally.setdefault(queue, [0, 0, 0])
+                for outcome, n in enumerate(counts):
+                    kept[outcome] += n
             raise
         self.counts["succeeded"] += len(ok)
         self.counts["retried"] += len(retries)

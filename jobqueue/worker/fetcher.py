@@ -16,6 +16,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from jobqueue import sql
+from jobqueue.worker.claimer import Claimer
 from jobqueue.worker.executor import Executor
 from jobqueue.worker.jobs import ClaimedJob
 from jobqueue.worker.service import Backoff, Service
@@ -37,6 +38,8 @@ class Fetcher(Service):
         poll_interval: float = 1.0,
         lease: float = 30.0,
         burst: bool = False,
+        weights: dict[str, float] | None = None,
+        fair_every: int = 10,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -54,6 +57,9 @@ class Fetcher(Service):
         self.claimed = 0
         self.fast_poll = False  # set while LISTEN is known to be down
         self.pending_outcomes: Callable[[], int] = lambda: 0
+        self._claim_started = datetime.now(timezone.utc)
+        self.claimer = Claimer(schema, worker_id, queues, lease, weights=weights,
+                               fair_every=fair_every)
 
     def wake(self) -> None:
         self.poke.set()
@@ -90,13 +96,11 @@ class Fetcher(Service):
             await self.sleep(await self._idle_wait(), self.poke)
 
     async def claim(self, limit: int) -> list[ClaimedJob]:
+        self._claim_started = datetime.now(timezone.utc)
         async with self.pool.connection() as conn:
-            cur = await conn.execute(sql.query("claim_jobs", self.schema), {
-                "worker_id": self.worker_id, "lease": self.lease,
-                "queues": self.queues, "limit": limit})
-            rows = await cur.fetchall()
-        self.claimed += len(rows)
-        return [ClaimedJob(*row) for row in rows]
+            jobs = await self.claimer.claim(conn, limit)
+        self.claimed += len(jobs)
+        return jobs
 
     async def _idle_wait(self) -> float:
         """Sleep until the poll timer, or sooner if a scheduled job comes due first."""
@@ -113,5 +117,11 @@ class Fetcher(Service):
         if row is None or row[0] is None:
             return interval
         due: datetime = row[0]
+        if due <= self._claim_started:
+            # Ready before the last claim looked, and still queued: held back
+            # by a pause, a fleet-wide limit or a lock key. Claiming again at
+            # once would spin on the database; a NOTIFY, a freed slot or a
+            # settings change wakes the fetcher sooner than the poll.
+            return interval
         until = (due - datetime.now(timezone.utc)).total_seconds()
         return max(0.0, min(interval, until + 0.001))

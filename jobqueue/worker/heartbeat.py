@@ -7,6 +7,7 @@ once the lease runs out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -31,6 +32,8 @@ class Heartbeat(Service):
         self.interval = interval
         self.lease = lease
         self.beats = 0
+        # Told about jobs of ours flagged cancel_requested (NOTIFY may be missed).
+        self.on_cancel_requested: Callable[[int], object] = lambda job_id: None
 
     async def run(self) -> None:
         while not self.stopping:
@@ -45,7 +48,8 @@ class Heartbeat(Service):
     async def beat(self) -> None:
         params = {"worker_id": self.worker_id, "lease": self.lease}
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(sql.query("heartbeat_jobs", self.schema), params)
+            cur = await conn.execute(sql.query("heartbeat_jobs", self.schema), params)
+            flagged = [row[0] for row in await cur.fetchall() if row[1]]
             cur = await conn.execute(sql.query("heartbeat_worker", self.schema), params)
             alive = await cur.fetchone()
             if alive is None:
@@ -55,3 +59,5 @@ class Heartbeat(Service):
                 await conn.execute(sql.query("register_worker", self.schema),
                                    self.register_params)
         self.beats += 1
+        for job_id in flagged:
+            self.on_cancel_requested(job_id)

@@ -23,6 +23,8 @@ class ClaimedJob:
     priority: int
     run_at: datetime
     created_at: datetime
+    lock_key: str | None = None
+    correlation_id: str | None = None
 
 
 def error_entry(

@@ -72,6 +72,10 @@ class Maintenance(Service):
             dead = len(await cur.fetchall())
             cur = await conn.execute(sql.query("rescue_requeue", q))
             requeued = len(await cur.fetchall())
+            await conn.execute(sql.query("sweep_locks", q))
+            if self.rounds_led % 60 == 1:
+                # Outcome counters: only the last minute is read (stats, metrics).
+                await conn.execute(sql.query("prune_job_counts", q), {"keep": 3600.0})
         if reaped or dead or requeued:
             self.log.warning("maintenance.rescued", workers=reaped, requeued=requeued, dead=dead)
         return True

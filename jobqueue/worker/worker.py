@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -26,14 +27,19 @@ from psycopg_pool import AsyncConnectionPool
 from jobqueue import sql
 from jobqueue.config import describe_dsn
 from jobqueue.db.migrate import current_revision, head_revision
-from jobqueue.errors import DatabaseError, JobQueueError, SchemaNotMigratedError
+from jobqueue.errors import ConfigError, DatabaseError, JobQueueError, SchemaNotMigratedError
 from jobqueue.log import configure, get_logger
+from jobqueue.metrics import WorkerMetrics
+from jobqueue.queues import SETTINGS_CHANGED, parse_cancel
 from jobqueue.worker.completer import Completer
 from jobqueue.worker.executor import Executor
 from jobqueue.worker.fetcher import Fetcher
+from jobqueue.worker.gauges import GaugeRefresher
 from jobqueue.worker.heartbeat import Heartbeat
+from jobqueue.worker.lifecycle import Lifecycle
 from jobqueue.worker.listener import Listener, application_name
 from jobqueue.worker.maintenance import Maintenance
+from jobqueue.worker.scheduler import Scheduler
 from jobqueue.worker.service import Service
 from jobqueue.worker.systemd import Notifier, SystemdService
 
@@ -62,6 +68,18 @@ class WorkerConfig:
     flush_interval: float = 0.005
     flush_size: int = 500
     handle_signals: bool = True
+    # Flow control: relative weights of the queues (None: merge them by
+    # priority) and how often a claim takes the oldest jobs whatever their
+    # priority (every Nth claim; 0 turns the starvation guard off).
+    queue_weights: dict[str, float] | None = None
+    fair_every: int = 10
+    # Operations: /metrics on metrics_addr:metrics_port (None: no metrics; 0: any
+    # free port), the gauge leader's refresh interval, and the LISTEN self-check.
+    metrics_port: int | None = None
+    metrics_addr: str = "0.0.0.0"
+    metrics_interval: float = 10.0
+    probe_interval: float = 5.0
+    probe_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -90,17 +108,23 @@ class Worker:
         self.abandoned_threads = False
         self.crashed: tuple[str, BaseException] | None = None
         self.stats: dict[str, int] = {}
+        self.metrics: WorkerMetrics | None = None
+        self.metrics_port: int | None = None  # the bound port, once serving
 
     # -- public control -------------------------------------------------------------------
 
     def run(self) -> None:
-        asyncio.run(self.run_async())
+        try:
+            asyncio.run(self.run_async())
+        finally:
+            self._close_metrics()  # also when startup failed after binding the port
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown; safe to call from any thread."""
         loop, event = self._loop, self._stop_requested
         if loop is not None and event is not None:
-            loop.call_soon_threadsafe(event.set)
+            with contextlib.suppress(RuntimeError):  # its loop is closed: already stopped
+                loop.call_soon_threadsafe(event.set)
 
     # -- the life of a worker -------------------------------------------------------------
 
@@ -114,6 +138,19 @@ class Worker:
                       embedded=app.uses_embedded, schema=app.schema, queues=list(cfg.queues),
                       concurrency=cfg.concurrency, tasks=sorted(app.tasks))
         await self._check_schema(dsn)
+        if cfg.metrics_port is not None:
+            # Bound before anything registers, so a taken port fails the start
+            # cleanly with one line.
+            self.metrics = WorkerMetrics()
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+            except OSError as bind_error:
+                self.metrics = None
+                raise ConfigError(f"cannot serve metrics on {cfg.metrics_addr}:"
+                                  f"{cfg.metrics_port}: {bind_error.strerror or bind_error}"
+                                  ) from None
+            self.log.info("worker.metrics", url=f"http://{cfg.metrics_addr}:"
+                          f"{self.metrics_port}/metrics")
 
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             dsn, min_size=2, max_size=4, open=False, name=f"jobqueue-worker-{os.getpid()}",
@@ -132,23 +169,40 @@ class Worker:
                               flush_interval=cfg.flush_interval, flush_size=cfg.flush_size)
         fetcher: Fetcher
         executor = Executor(app.tasks, completer, self.id, cfg.concurrency, self.log,
-                            on_slot_free=lambda: fetcher.wake())
+                            on_slot_free=lambda: fetcher.wake(),
+                            lifecycle=Lifecycle(self.log, self.metrics))
         fetcher = Fetcher(pool, app.schema, self.id, cfg.queues, executor, self.log,
                           batch_size=cfg.batch_size, poll_interval=cfg.poll_interval,
-                          lease=cfg.lease, burst=cfg.burst)
+                          lease=cfg.lease, burst=cfg.burst, weights=cfg.queue_weights,
+                          fair_every=cfg.fair_every)
         fetcher.pending_outcomes = lambda: completer.pending
+
+        def on_control(message: str) -> None:
+            if message == SETTINGS_CHANGED:
+                fetcher.claimer.invalidate()
+                fetcher.wake()
+                return
+            job_id = parse_cancel(message)
+            if job_id is not None and executor.cancel(job_id):
+                self.log.info("job.cancelling", job_id=job_id)
 
         def on_health(ok: bool) -> None:
             fetcher.fast_poll = not ok
 
         listener = Listener(dsn, app.schema, app.settings.channel, self.id, cfg.queues,
                             on_notify=fetcher.wake, on_health=on_health, log=self.log,
-                            connect_timeout=app.settings.connect_timeout)
+                            control_channel=app.settings.control_channel,
+                            on_control=on_control,
+                            connect_timeout=app.settings.connect_timeout,
+                            send_probe=functools.partial(_send_probe, pool, app.schema),
+                            probe_interval=cfg.probe_interval,
+                            probe_timeout=cfg.probe_timeout)
         heartbeat = Heartbeat(pool, app.schema, self.id, register, self.log,
                               interval=cfg.heartbeat_interval, lease=cfg.lease)
+        heartbeat.on_cancel_requested = executor.cancel
         maintenance = Maintenance(pool, app.schema, self.log, interval=cfg.maintenance_interval,
                                   worker_timeout=cfg.worker_timeout,
-                                  session_grace=cfg.heartbeat_interval * 1.5)
+                                  session_grace=max(cfg.heartbeat_interval * 3, 5.0))
         notifier = Notifier()
         systemd = SystemdService(notifier, lambda: (
             f"{len(executor.inflight)} in flight, {executor.started} started, "
@@ -157,11 +211,26 @@ class Worker:
         self.services = {"listener": listener, "heartbeat": heartbeat,
                          "maintenance": maintenance, "completer": completer,
                          "fetcher": fetcher, "systemd": systemd}
+        if app.schedules and not cfg.burst:
+            # Only workers whose app defines schedules compete to fire them; a
+            # burst worker drains and exits, so it takes no part in scheduling.
+            self.services["scheduler"] = Scheduler(pool, app, self.log)
         self.executor = executor
         for service in self.services.values():
             service.on_crash = self._service_crashed
+        if self.metrics is not None:
+            self.metrics.in_flight = lambda: len(executor.inflight)
+            self.metrics.concurrency = cfg.concurrency
+            self.metrics.listener = listener
+            self.services["gauges"] = GaugeRefresher(
+                dsn, app.schema, self.metrics, self.log, interval=cfg.metrics_interval,
+                worker_timeout=cfg.worker_timeout, connect_timeout=app.settings.connect_timeout)
+            self.services["gauges"].on_crash = self._service_crashed
+            self.services["gauges"].start()
         for service in (listener, heartbeat, maintenance, completer):
             service.start()
+        if "scheduler" in self.services:
+            self.services["scheduler"].start()
         with contextlib.suppress(asyncio.TimeoutError):
             # Not fatal: without LISTEN the fetcher still polls.
             await asyncio.wait_for(listener.connected.wait(), app.settings.connect_timeout)
@@ -170,7 +239,8 @@ class Worker:
         self.ready = True
         notifier.notify("READY=1", f"STATUS=listening on {', '.join(cfg.queues)}")
         systemd.start()
-        self.log.info("worker.started", listening=listener.healthy, systemd=notifier.enabled)
+        self.log.info("worker.started", listening=listener.healthy, systemd=notifier.enabled,
+                      metrics_port=self.metrics_port)
         try:
             stop_wait = asyncio.ensure_future(self._stop_requested.wait())
             drained = asyncio.ensure_future(fetcher.drained.wait())
@@ -185,6 +255,10 @@ class Worker:
         if self.crashed is not None:
             name, exc = self.crashed
             raise WorkerCrashedError(f"the worker's {name} failed: {type(exc).__name__}: {exc}")
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
     def _service_crashed(self, service: Service, exc: BaseException) -> None:
         # A bug, not a database fault (those are retried inside each loop):
@@ -201,6 +275,8 @@ class Worker:
         cfg, s = self.config, self.services
         self.log.info("worker.stopping", in_flight=len(executor.inflight),
                       grace=cfg.shutdown_timeout)
+        if "scheduler" in s:
+            await s["scheduler"].stop()  # a stopping worker fires no more ticks
         await s["fetcher"].stop()
         finished = await executor.wait_idle(cfg.shutdown_timeout)
         if not finished:
@@ -211,19 +287,25 @@ class Worker:
         if completer.pending:
             self.log.error("worker.unflushed", pending=completer.pending,
                            note="these jobs stay leased and will be rescued and run again")
-        for name in ("heartbeat", "maintenance", "listener"):
-            await s[name].stop()
+        for name in ("heartbeat", "maintenance", "listener", "gauges"):
+            if name in s:
+                await s[name].stop()
         try:
             async with pool.connection(timeout=5.0) as conn:
                 cur = await conn.execute(sql.query("release_jobs", self.app.schema),
                                          {"worker_id": self.id})
-                self.released = len(await cur.fetchall())
+                released = [row[0] for row in await cur.fetchall()]
+                self.released = len(released)
+                if released:
+                    await conn.execute(sql.query("release_locks", self.app.schema),
+                                       {"ids": released})
                 await conn.execute(sql.query("deregister_worker", self.app.schema),
                                    {"worker_id": self.id})
         except Exception as exc:  # noqa: BLE001 - the lease covers what we could not release
             self.log.error("worker.release_failed", error=str(exc).strip())
         executor.close()
         await pool.close()
+        self._close_metrics()
         f = s["fetcher"]
         self.stats = {"claimed": f.claimed if isinstance(f, Fetcher) else 0,
                       "released": self.released, **completer.counts}
@@ -289,3 +371,11 @@ async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     # takes the fsync off the worker's hot path. Enqueue never goes through
     # this pool, so enqueued jobs stay durable.
     await conn.execute("SET synchronous_commit = off")
+
+
+async def _send_probe(pool: AsyncConnectionPool[Any], schema: str, channel: str,
+                      payload: str) -> None:
+    """The listener's probe: a NOTIFY from a pooled session (see Listener)."""
+    async with pool.connection() as conn:
+        await conn.execute(sql.query("probe_notify", schema),
+                           {"channel": channel, "payload": payload})

@@ -1,0 +1,189 @@
+"""jobqueue, used as its README says: ``enqueue``/``enqueue_many`` on the caller's
+psycopg connection, and one ``Worker`` per process.
+
+Worker settings: ``concurrency`` 100 by default (a claim takes
+``min(batch_size, free slots)`` jobs, so for short jobs concurrency is what
+sizes the claim), ``batch_size`` 100, everything else at its default (acks
+flushed every 5 ms or 500 outcomes, heartbeat every 2 s, LISTEN/NOTIFY with a
+1 s poll as the fallback). Logging at ``warning``: the per-job events are
+debug-level and cost a no-op call either way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+
+from benchmarks.common import drop_schema, fresh_schema, scalar
+from benchmarks.targets import LatencySample, Target, paced
+
+TASKS = {"async": "noop_async", "sync": "noop_sync"}
+
+
+def build_app(dsn: str, schema: str, probe: Any = None) -> Any:
+    from jobqueue import JobQueue
+
+    app = JobQueue(dsn, schema=schema)
+
+    @app.task(name="noop_async")
+    async def noop_async(seq: int) -> None:
+        if probe is not None:
+            probe.started(seq)
+
+    @app.task(name="noop_sync")
+    def noop_sync(seq: int) -> None:
+        if probe is not None:
+            probe.started(seq)
+
+    return app
+
+
+class JobQueueTarget(Target):
+    name = "jobqueue"
+    worker_module = "benchmarks.targets.jq"
+
+    def __init__(self, dsn: str, variant: str = "async", concurrency: int = 100,
+                 batch_size: int = 100) -> None:
+        super().__init__(dsn, variant or "async")
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.schema = ""
+        self.app: Any = None
+
+    @property
+    def task(self) -> str:
+        return TASKS[self.variant]
+
+    def label(self, scenario: str) -> str:
+        if scenario in ("drain", "latency", "soak"):
+            return f"jobqueue ({self.variant} handler)"
+        return "jobqueue"
+
+    def settings(self, scenario: str) -> str:
+        if scenario in ("drain", "latency", "soak"):
+            return (f"Worker concurrency {self.concurrency}, batch_size {self.batch_size}, "
+                    f"{'async def' if self.variant == 'async' else 'def (thread pool)'} handler")
+        if scenario == "bulk":
+            return "enqueue_many(conn=psycopg conn), one transaction per batch"
+        return "enqueue(conn=psycopg conn) + commit, a thread per client"
+
+    # -- the store ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.schema = fresh_schema(self.dsn)
+        self.app = build_app(self.dsn, self.schema)
+
+    def teardown(self) -> None:
+        if self.app is not None:
+            self.app.close()
+        if self.schema:
+            drop_schema(self.dsn, self.schema)
+
+    def jobs_table(self) -> tuple[str, str, str]:
+        return self.dsn, self.schema, "jobs"
+
+    def pending(self) -> dict[str, int]:
+        from psycopg import sql
+
+        return {table: int(scalar(self.dsn, sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(self.schema, table)))) for table in ("jobs", "dead_jobs")}
+
+    def stored(self) -> int:
+        return self.pending()["jobs"]
+
+    # -- enqueueing ------------------------------------------------------------------------
+
+    def preload(self, n: int) -> None:
+        from psycopg import sql
+
+        from benchmarks.common import vacuum_analyze
+
+        self.bulk(n, 1_000)
+        vacuum_analyze(self.dsn, sql.Identifier(self.schema, "jobs"))
+
+    def bulk(self, n: int, batch: int) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            for first in range(0, n, batch):
+                self.app.enqueue_many([(self.task, {"seq": seq})
+                                       for seq in range(first, min(n, first + batch))],
+                                      conn=conn)
+                conn.commit()
+
+    def enqueue_tx(self, n: int, clients: int) -> None:
+        errors: list[BaseException] = []
+        # The schema probe runs once per app: pay for it before the clients start.
+        with psycopg.connect(self.dsn) as conn:
+            self.app.enqueue(self.task, {"seq": -1}, conn=conn)
+            conn.rollback()
+
+        def client(k: int) -> None:
+            try:
+                with psycopg.connect(self.dsn) as conn:
+                    for seq in range(k, n, clients):
+                        self.app.enqueue(self.task, {"seq": seq}, conn=conn)
+                        conn.commit()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def latency_produce(self, first_seq: int, count: int,
+                        interval: float) -> list[LatencySample]:
+        samples = []
+        with psycopg.connect(self.dsn) as conn:
+            pace = paced(interval)
+            for seq in range(first_seq, first_seq + count):
+                next(pace)
+                t0 = time.time()
+                self.app.enqueue(self.task, {"seq": seq}, conn=conn)
+                conn.commit()
+                samples.append(LatencySample(seq, t0, time.time()))
+        return samples
+
+    def soak_produce(self, rate: float, seconds: float, tick: float) -> int:
+        per_tick = max(1, round(rate * tick))
+        deadline = time.monotonic() + seconds
+        self.enqueued = 0
+        with psycopg.connect(self.dsn) as conn:
+            for _ in paced(tick):
+                if time.monotonic() >= deadline:
+                    break
+                first = self.enqueued
+                self.app.enqueue_many([(self.task, {"seq": seq})
+                                       for seq in range(first, first + per_tick)], conn=conn)
+                conn.commit()
+                self.enqueued += per_tick
+        return self.enqueued
+
+    # -- the worker ----------------------------------------------------------------------
+
+    def worker_spec(self, scenario: str, mode: str, record_starts: bool = False) -> dict[str, Any]:
+        return {"dsn": self.dsn, "schema": self.schema, "mode": mode,
+                "concurrency": self.concurrency, "batch_size": self.batch_size,
+                "record_starts": record_starts}
+
+
+def work(spec: dict[str, Any], probe: Any) -> dict[str, Any]:
+    from jobqueue.log import configure
+    from jobqueue.worker import Worker, WorkerConfig
+
+    configure(level="warning", force=True)
+    app = build_app(spec["dsn"], spec["schema"], probe)
+    worker = Worker(app, WorkerConfig(
+        queues=("default",), concurrency=spec["concurrency"], batch_size=spec["batch_size"],
+        burst=spec["mode"] == "burst", handle_signals=False))
+    probe.on_stop(worker.request_stop)
+    try:
+        worker.run()
+    finally:
+        app.close()
+    return {"stats": worker.stats}

@@ -1,0 +1,247 @@
+"""The scheduler: fires the app's cron schedules, one job per tick across the fleet.
+
+Every worker whose app defines schedules runs this loop, and wakes for the
+next due tick (or at least every ``max_sleep`` seconds). Each round first tries
+a transaction-scoped advisory lock (its own key, not maintenance's); the worker
+that gets it leads that round. A leader:
+
+1. upserts its app's schedules into the ``cron`` table and retires rows its app
+   no longer defines (so schedules and their last fire survive restarts), on
+   its first lead and then every ``sync_interval`` seconds;
+2. reads each schedule's cursor (``next_fire_at``: the next tick to fire);
+3. for each schedule with due ticks, in one statement, moves the cursor with a
+   compare-and-set and inserts the chosen ticks' jobs, each with
+   ``unique_key = 'cron:<name>:<tick>'`` and ``cron_name``, then NOTIFYs.
+
+The lock makes one leader per round; the compare-and-set makes a tick fire
+once even if two schedulers ever lead at once (two fleets with different lock
+keys, say): the cursor moves once. The clock is the database's
+(``clock_timestamp()``), so workers with skewed clocks still agree on what is due.
+
+Misfires: when several ticks are due (the fleet was down, or every scheduler
+was stalled), at most ``catch_up`` of them fire, the most recent ones; the
+cursor moves past all of them. A new schedule (or one whose expression or
+timezone changed) starts at the first tick after the round that first sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from jobqueue import sql
+from jobqueue.cron import Schedule, tick_key
+from jobqueue.worker.service import Backoff, Service
+
+if TYPE_CHECKING:
+    from jobqueue.app import JobQueue
+
+# Wake this much after a tick is due, not exactly at it: a timer that fires a
+# hair early would find nothing due and have to sleep again.
+WAKE_LATE = 0.003
+
+
+def scheduler_key(schema: str) -> int:
+    """The advisory lock key of the cron leader (distinct from maintenance's leader_key)."""
+    digest = hashlib.blake2b(f"jobqueue:{schema}:cron".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Fired:
+    """What one schedule's round did."""
+
+    name: str
+    dropped: bool  # more ticks were due than catch_up allows: the older ones did not fire
+    job_ids: tuple[int, ...]
+    ticks: tuple[datetime, ...]  # of the jobs inserted
+    skipped: bool  # overlap='skip' and a run was still queued or running
+    lost: bool  # the compare-and-set failed: another scheduler moved the cursor
+
+
+@dataclass
+class Round:
+    """The outcome of one round: whether this worker led, and what it fired."""
+
+    led: bool
+    now: datetime
+    fired: list[Fired]
+    changes: list[tuple[str, str]]
+
+
+class Scheduler(Service):
+    name = "scheduler"
+
+    def __init__(self, pool: AsyncConnectionPool[Any], app: JobQueue, log: Any, *,
+                 max_sleep: float = 1.0, sync_interval: float = 10.0) -> None:
+        super().__init__()
+        self.pool = pool
+        self.app = app
+        self.schema = app.schema
+        self.log = log
+        self.max_sleep = max_sleep
+        self.sync_interval = sync_interval
+        self._synced_at: float | None = None
+        # A snapshot: schedules defined after the worker started are not picked up.
+        self.schedules: dict[str, Schedule] = dict(app.schedules)
+        self.key = scheduler_key(self.schema)
+        self.rounds_led = 0
+        self.jobs_fired = 0
+        self._warned_unknown: set[str] = set()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while not self.stopping:
+            try:
+                delay = await self.run_round()
+                backoff.reset()
+            except psycopg.Error as exc:
+                delay = backoff.next()
+                self.log.warning("scheduler.failed", error=str(exc).strip(), retry_in=delay)
+            await self.sleep(delay)
+
+    async def run_round(self) -> float:
+        """One round; the seconds to sleep until the next one is worth running."""
+        result = await self.round()
+        measured = time.monotonic()
+        upcoming = min(s.cron.next_after(result.now) for s in self.schedules.values())
+        wait = (upcoming - result.now).total_seconds() - (time.monotonic() - measured)
+        return min(self.max_sleep, max(0.0, wait) + WAKE_LATE)
+
+    # -- one round ----------------------------------------------------------------------
+
+    async def round(self) -> Round:
+        q = self.schema
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(sql.query("cron_lead", q), {"key": self.key})
+            row = await cur.fetchone()
+            assert row is not None
+            led, now = bool(row[0]), row[1]
+            if not led:
+                return Round(False, now, [], [])
+            self.rounds_led += 1
+            # Definitions change only with a deploy: upsert them on this
+            # scheduler's first lead and then now and again, not every second
+            # (an upsert locks each row even when nothing changed).
+            sync = (self._synced_at is None
+                    or time.monotonic() - self._synced_at >= self.sync_interval)
+            changes = await self._sync(conn) if sync else []
+            cur = await conn.execute(sql.query("cron_state", q),
+                                     {"names": list(self.schedules)})
+            state = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+            fired = []
+            for name, schedule in self.schedules.items():
+                if name not in state:
+                    # Retired by a leader whose app lacks it (a rolling deploy):
+                    # store it again next round, starting afresh.
+                    sync, self._synced_at = False, None
+                    continue
+                last, cursor = state[name]
+                outcome = await self.fire(conn, schedule, now, last, cursor)
+                if outcome is not None:
+                    fired.append(outcome)
+        if sync:
+            self._synced_at = time.monotonic()  # committed
+        for change, name in changes:
+            self.log.info(f"cron.{change}", schedule=name)
+        for f in fired:
+            self._report(f)
+        return Round(True, now, fired, changes)
+
+    async def _sync(self, conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
+        rows = [self._definition(s) for s in self.schedules.values()]
+        params = {key: [r[key] for r in rows] for key in (
+            "names", "expressions", "tasks", "args", "queues", "timezones", "overlaps",
+            "priorities", "catch_ups")}
+        cur = await conn.execute(sql.query("cron_sync", self.schema), params)
+        return [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
+
+    def _definition(self, s: Schedule) -> dict[str, Any]:
+        queue, priority, _ = self._job_defaults(s)
+        return {"names": s.name, "expressions": s.expression, "tasks": s.task,
+                "args": s.args_json, "queues": queue, "timezones": s.timezone,
+                "overlaps": s.overlap, "priorities": priority, "catch_ups": s.catch_up}
+
+    def _job_defaults(self, s: Schedule) -> tuple[str, int, int]:
+        """Queue, priority and max_attempts of the schedule's jobs, as enqueue would pick them."""
+        task = self.app.tasks.get(s.task)
+        if task is None:
+            if s.name not in self._warned_unknown:
+                # Not an error: a worker of another app may run it. Without one,
+                # the job is dead-lettered as unknown_task, visibly.
+                self._warned_unknown.add(s.name)
+                self.log.warning("cron.unknown_task", schedule=s.name, task=s.task)
+            return (s.queue or self.app.default_queue,
+                    s.priority if s.priority is not None else 0,
+                    self.app.default_max_attempts)
+        return (s.queue or task.queue,
+                s.priority if s.priority is not None else task.priority,
+                task.max_attempts)
+
+    async def fire(self, conn: psycopg.AsyncConnection[Any], schedule: Schedule,
+                   now: datetime, last: datetime | None,
+                   cursor: datetime | None) -> Fired | None:
+        """Fire what is due of ``schedule`` at ``now``, given the cursor this leader read.
+
+        ``last``/``cursor`` are the row's ``last_fire_at``/``next_fire_at``; the
+        statement only acts if the row still holds them. None if nothing was due.
+        """
+        cron = schedule.cron
+        if cursor is None:
+            # New (or its expression changed): start from the first tick after now.
+            ticks: list[datetime] = []
+            new_last, dropped = last, False
+        elif cursor > now:
+            return None
+        else:
+            # One more than we may fire, to know whether older ticks are dropped.
+            due = cron.recent(now, schedule.catch_up + 1, since=cursor)
+            dropped = len(due) > schedule.catch_up
+            ticks = due[-schedule.catch_up:]
+            new_last = ticks[-1] if ticks else last
+        queue, priority, max_attempts = self._job_defaults(schedule)
+        params = {
+            "name": schedule.name,
+            "expected_last": last,
+            "expected_next": cursor,
+            "last_fire_at": new_last,
+            "next_fire_at": cron.next_after(now),
+            "queue": queue,
+            "task": schedule.task,
+            "args": schedule.args_json,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "ticks": ticks,
+            "keys": [tick_key(schedule.name, t) for t in ticks],
+            "allow_overlap": schedule.overlap == "allow",
+            "channel": self.app.settings.channel,
+        }
+        cur = await conn.execute(sql.query("cron_fire", self.schema), params)
+        row = await cur.fetchone()
+        assert row is not None
+        advanced, busy, ids, fired_ticks = bool(row[0]), bool(row[1]), row[2], row[3]
+        return Fired(name=schedule.name, dropped=dropped, job_ids=tuple(int(i) for i in ids),
+                     ticks=tuple(fired_ticks or ()),
+                     skipped=advanced and bool(ticks) and busy and schedule.overlap == "skip",
+                     lost=not advanced)
+
+    def _report(self, f: Fired) -> None:
+        self.jobs_fired += len(f.job_ids)
+        if f.lost:
+            self.log.warning("cron.lost_race", schedule=f.name,
+                             note="another scheduler moved this schedule's cursor first")
+            return
+        for job_id, tick in zip(f.job_ids, f.ticks, strict=True):
+            self.log.info("cron.fired", schedule=f.name, job_id=job_id, tick=tick.isoformat())
+        if f.skipped:
+            self.log.info("cron.skipped", schedule=f.name, reason="overlap",
+                          note="the previous run is still queued or running")
+        if f.dropped:
+            self.log.warning("cron.missed", schedule=f.name, fired=len(f.ticks),
+                             note="more ticks were due than catch_up allows; older ones dropped")

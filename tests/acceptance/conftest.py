@@ -1,0 +1,34 @@
+"""Fixtures for acceptance tests: the CLI and worker processes, pointed at the test schema.
+
+Every command runs as ``python -m jobqueue ...`` from the repository root (so
+``--app tests.apps.recorder:app`` imports), with ``JOBQUEUE_DSN`` and
+``JOBQUEUE_SCHEMA`` in its environment, exactly as a user would set them up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance import support
+
+
+@pytest.fixture
+def env(pg_dsn: str, schema: str, tmp_path: Path) -> dict[str, str]:
+    return support.cli_env(pg_dsn, schema, tmp_path / "home")
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> support.Cli:
+    return support.Cli(env)
+
+
+@pytest.fixture
+def workers(env: dict[str, str], tmp_path: Path) -> Iterator[support.Workers]:
+    fleet = support.Workers(env, tmp_path)
+    try:
+        yield fleet
+    finally:
+        fleet.cleanup()
