@@ -1,1 +1,4 @@
-"""Benchmarks of jobqueue against a real PostgreSQL (run them as ``python -m benchmarks.X``)."""
+"""Benchmarks of jobqueue against the raw SQL floor, pgqueuer and procrastinate.
+
+Run them as ``python -m benchmarks all`` (see ``benchmarks/README.md``).
+"""

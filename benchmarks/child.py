@@ -13,6 +13,7 @@ handler itself pays a lock and an increment, not an inter-process call.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing
 import threading
@@ -147,10 +148,8 @@ class WorkerProcess:
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
         """Ask the worker to stop gracefully and collect its result."""
         if self.result is None and self.process.is_alive():
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 self._conn.send("stop")
-            except (BrokenPipeError, OSError):
-                pass
         return self.finish(timeout)
 
     def kill(self) -> None:

@@ -286,7 +286,7 @@ def soak(target: Target, plan: SoakPlan, log: Log = stderr_log) -> Result:
         summary = summarise_soak(windows, plan)
         return _result(target, "soak", sum(w["jobs"] for w in windows),
                        sum(w["end_s"] - w["start_s"] for w in windows),
-                       rate_offered=round(plan.rate, 1), seconds=plan.seconds,
+                       rate_offered=round(plan.rate, 1), soak_seconds=plan.seconds,
                        hold_seconds=plan.hold_seconds, hold=hold_marks, window=plan.window,
                        windows=windows, **summary)
 

@@ -536,7 +536,7 @@ class JobQueue:
             if c.execute(sql.query("cancel_queued", self.schema), {"id": job_id}).fetchone():
                 return "cancelled"
             if c.execute(sql.query("cancel_running", self.schema), {"id": job_id}).fetchone():
-                c.execute(sql.query("notify_control", self.schema),
+                c.execute(sql.query("notify", self.schema),
                           {"channel": self.settings.control_channel,
                            "message": cancel_message(job_id)})
                 return "cancelling"

@@ -57,7 +57,7 @@ class QueueControls:
         self.app = app
 
     def _announce(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(sql.query("notify_control", self.app.schema),
+        conn.execute(sql.query("notify", self.app.schema),
                      {"channel": self.app.settings.control_channel,
                       "message": SETTINGS_CHANGED})
 

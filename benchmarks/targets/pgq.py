@@ -1,6 +1,6 @@
 """pgqueuer, with the settings its own documentation and benchmarks favour.
 
-It lives in a database of its own (``jq_bench_pgqueuer``, schema ``public``),
+It lives in a database of its own (``<prefix>_pgqueuer``, schema ``public``),
 created afresh for each scenario and installed with ``Queries.install()`` at
 its default durability (every table logged, as jobqueue's).
 
@@ -22,13 +22,26 @@ from typing import Any
 from benchmarks.common import database_dsn, drop_database, recreate_database, scalar
 from benchmarks.targets import LatencySample, Target, apaced
 
-DATABASE = "jq_bench_pgqueuer"
 ENTRYPOINT = "noop"
 TABLE = "pgqueuer"
 
 
 def _payload(seq: int) -> bytes:
     return json.dumps({"seq": seq}, separators=(",", ":")).encode()
+
+
+async def _connect(dsn: str) -> Any:
+    """An asyncpg connection from a libpq DSN in either form (asyncpg reads URLs only)."""
+    import asyncpg
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(dsn)
+    names = {"host": "host", "port": "port", "user": "user", "password": "password",
+             "dbname": "database"}
+    kwargs: dict[str, Any] = {names[k]: v for k, v in params.items() if k in names}
+    if "port" in kwargs:
+        kwargs["port"] = int(kwargs["port"])
+    return await asyncpg.connect(**kwargs)
 
 
 def _run(coro: Any) -> Any:
@@ -42,10 +55,12 @@ class PgQueuerTarget(Target):
     worker_module = "benchmarks.targets.pgq"
     requires = ("pgqueuer", "asyncpg", "uvloop")
 
-    def __init__(self, dsn: str, variant: str = "", batch_size: int = 100) -> None:
+    def __init__(self, dsn: str, variant: str = "", batch_size: int = 100,
+                 database_prefix: str = "jq_bench") -> None:
         super().__init__(dsn, variant)
         self.batch_size = batch_size
-        self.db_dsn = database_dsn(dsn, DATABASE)
+        self.database = f"{database_prefix}_pgqueuer"
+        self.db_dsn = database_dsn(dsn, self.database)
 
     def label(self, scenario: str) -> str:
         from importlib.metadata import version
@@ -62,21 +77,20 @@ class PgQueuerTarget(Target):
     # -- the store ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.db_dsn = recreate_database(self.dsn, DATABASE)
+        self.db_dsn = recreate_database(self.dsn, self.database)
         _run(self._install())
 
     async def _install(self) -> None:
-        import asyncpg
         from pgqueuer import AsyncpgDriver, Queries
 
-        conn = await asyncpg.connect(self.db_dsn)
+        conn = await _connect(self.db_dsn)
         try:
             await Queries(AsyncpgDriver(conn)).install()
         finally:
             await conn.close()
 
     def teardown(self) -> None:
-        drop_database(self.dsn, DATABASE)
+        drop_database(self.dsn, self.database)
 
     def jobs_table(self) -> tuple[str, str, str]:
         return self.db_dsn, "public", TABLE
@@ -99,10 +113,9 @@ class PgQueuerTarget(Target):
 
     def bulk(self, n: int, batch: int) -> None:
         async def main() -> None:
-            import asyncpg
             from pgqueuer import AsyncpgDriver, Queries
 
-            conn = await asyncpg.connect(self.db_dsn)
+            conn = await _connect(self.db_dsn)
             try:
                 queries = Queries(AsyncpgDriver(conn))
                 for first in range(0, n, batch):
@@ -117,10 +130,9 @@ class PgQueuerTarget(Target):
 
     def enqueue_tx(self, n: int, clients: int) -> None:
         async def client(k: int) -> None:
-            import asyncpg
             from pgqueuer import AsyncpgDriver, Queries
 
-            conn = await asyncpg.connect(self.db_dsn)
+            conn = await _connect(self.db_dsn)
             try:
                 queries = Queries(AsyncpgDriver(conn))
                 for seq in range(k, n, clients):
@@ -137,11 +149,10 @@ class PgQueuerTarget(Target):
     def latency_produce(self, first_seq: int, count: int,
                         interval: float) -> list[LatencySample]:
         async def main() -> list[LatencySample]:
-            import asyncpg
             from pgqueuer import AsyncpgDriver, Queries
 
             samples = []
-            conn = await asyncpg.connect(self.db_dsn)
+            conn = await _connect(self.db_dsn)
             try:
                 queries = Queries(AsyncpgDriver(conn))
                 pace = apaced(interval)
@@ -162,11 +173,10 @@ class PgQueuerTarget(Target):
         per_tick = max(1, round(rate * tick))
 
         async def main() -> None:
-            import asyncpg
             from pgqueuer import AsyncpgDriver, Queries
 
             deadline = time.monotonic() + seconds
-            conn = await asyncpg.connect(self.db_dsn)
+            conn = await _connect(self.db_dsn)
             try:
                 queries = Queries(AsyncpgDriver(conn))
                 async for _ in apaced(tick):
@@ -195,14 +205,13 @@ def work(spec: dict[str, Any], probe: Any) -> dict[str, Any]:
     import logging
     from datetime import timedelta
 
-    import asyncpg
     from pgqueuer import AsyncpgDriver, Queries, QueueManager
     from pgqueuer.domain.types import QueueExecutionMode
 
     logging.getLogger("pgqueuer").setLevel(logging.WARNING)
 
     async def main() -> None:
-        conn = await asyncpg.connect(spec["dsn"])
+        conn = await _connect(spec["dsn"])
         try:
             qm = QueueManager(Queries(AsyncpgDriver(conn)))
 

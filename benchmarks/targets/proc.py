@@ -1,6 +1,6 @@
 """procrastinate, with the settings its documentation recommends for throughput.
 
-It lives in a database of its own (``jq_bench_procrastinate``, schema
+It lives in a database of its own (``<prefix>_procrastinate``, schema
 ``public``), created afresh for each scenario, its schema applied with
 ``schema_manager.apply_schema_async()``.
 
@@ -23,7 +23,6 @@ from typing import Any
 from benchmarks.common import database_dsn, drop_database, recreate_database, scalar
 from benchmarks.targets import LatencySample, Target, apaced
 
-DATABASE = "jq_bench_procrastinate"
 TABLE = "procrastinate_jobs"
 
 
@@ -46,10 +45,12 @@ class ProcrastinateTarget(Target):
     worker_module = "benchmarks.targets.proc"
     requires = ("procrastinate",)
 
-    def __init__(self, dsn: str, variant: str = "", concurrency: int = 10) -> None:
+    def __init__(self, dsn: str, variant: str = "", concurrency: int = 10,
+                 database_prefix: str = "jq_bench") -> None:
         super().__init__(dsn, variant)
         self.concurrency = concurrency
-        self.db_dsn = database_dsn(dsn, DATABASE)
+        self.database = f"{database_prefix}_procrastinate"
+        self.db_dsn = database_dsn(dsn, self.database)
 
     def label(self, scenario: str) -> str:
         from importlib.metadata import version
@@ -67,7 +68,7 @@ class ProcrastinateTarget(Target):
     # -- the store ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        self.db_dsn = recreate_database(self.dsn, DATABASE)
+        self.db_dsn = recreate_database(self.dsn, self.database)
 
         async def main() -> None:
             app = build_app(self.db_dsn, 2)
@@ -77,7 +78,7 @@ class ProcrastinateTarget(Target):
         asyncio.run(main())
 
     def teardown(self) -> None:
-        drop_database(self.dsn, DATABASE)
+        drop_database(self.dsn, self.database)
 
     def jobs_table(self) -> tuple[str, str, str]:
         return self.db_dsn, "public", TABLE

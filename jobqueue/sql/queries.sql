@@ -127,9 +127,12 @@ WHERE id = %(worker_id)s;
 DELETE FROM {schema}.workers WHERE id = %(worker_id)s;
 
 -- name: heartbeat_jobs
+-- Only the jobs the worker really holds (running, or finished with the
+-- outcome not yet written): a job whose claim committed but whose reply never
+-- reached the worker is not extended, so its lease runs out and it is rescued.
 UPDATE {schema}.jobs
 SET locked_until = now() + make_interval(secs => %(lease)s::float8)
-WHERE locked_by = %(worker_id)s AND state = 'running'
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker_id)s AND state = 'running'
 -- Jobs cancelled while running: the fallback when the NOTIFY was missed.
 RETURNING id, cancel_requested;
 
@@ -198,7 +201,7 @@ SET state = 'queued',
 WHERE j.state = 'running'
   AND (j.locked_until < now()
        OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.locked_by))
-RETURNING j.id;
+RETURNING j.id, j.queue;
 
 -- name: queue_stats
 WITH live AS (
@@ -316,8 +319,11 @@ FROM {schema}.queues
 WHERE %(queues)s::text[] IS NULL OR name = ANY(%(queues)s::text[])
 ORDER BY name;
 
--- name: notify_control
+-- name: notify
 SELECT pg_notify(%(channel)s, %(message)s);
+
+-- name: advisory_xact_lock
+SELECT pg_advisory_xact_lock(%(key)s);
 
 -- name: cancel_queued
 -- A queued job is cancelled at once: moved to dead_jobs (reason 'cancelled')
@@ -710,8 +716,12 @@ WITH picked AS (
     FROM unnest(%(queues)s::text[], %(limits)s::integer[]) WITH ORDINALITY
          AS q(name, qlimit, rank)
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at, lock_key FROM {schema}.jobs
+        SELECT id, priority, run_at, lock_key FROM {schema}.jobs AS c
         WHERE queue = q.name AND state = 'queued' AND run_at <= now()
+          -- Jobs whose lock key is held would only fill the batch for
+          -- claim_tail to turn away, and block the jobs queued behind them.
+          AND (c.lock_key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM {schema}.job_locks AS l WHERE l.lock_key = c.lock_key))
         ORDER BY priority, run_at, id
         LIMIT q.qlimit
         FOR UPDATE SKIP LOCKED
@@ -729,8 +739,10 @@ WITH picked AS (
     FROM unnest(%(queues)s::text[], %(limits)s::integer[]) WITH ORDINALITY
          AS q(name, qlimit, rank)
     CROSS JOIN LATERAL (
-        SELECT id, run_at, lock_key FROM {schema}.jobs
+        SELECT id, run_at, lock_key FROM {schema}.jobs AS c
         WHERE queue = q.name AND state = 'queued' AND run_at <= now()
+          AND (c.lock_key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM {schema}.job_locks AS l WHERE l.lock_key = c.lock_key))
         ORDER BY run_at, id
         LIMIT q.qlimit
         FOR UPDATE SKIP LOCKED

@@ -99,7 +99,7 @@ class Claimer:
             # Sorted, so two workers serving overlapping queues lock in the same
             # order and cannot deadlock.
             for key in sorted(queue_lock_key(self.schema, q) for q in limited):
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+                await conn.execute(sql.query("advisory_xact_lock", self.schema), {"key": key})
             cur = await conn.execute(sql.query("queue_capacity", self.schema),
                                      {"queues": limited})
             capacity = {row[0]: int(row[1]) for row in await cur.fetchall()}

@@ -86,9 +86,15 @@ class Completer(Service):
             tally = self._tally[queue] = [0, 0, 0]
         tally[outcome] += 1
 
+    def pending_ids(self) -> list[int]:
+        """Jobs whose outcome is buffered: still leased until the flush lands."""
+        return [*self._succeeded, *(r[0] for r in self._retries), *(d[0] for d in self._dead)]
+
     @property
     def pending(self) -> int:
-        return len(self._succeeded) + len(self._retries) + len(self._dead)
+        # Unlocks count: one can arrive just after its job's outcome was
+        # flushed, and must not wait for some other job's outcome to be written.
+        return len(self._succeeded) + len(self._retries) + len(self._dead) + len(self._unlock)
 
     def _check_full(self) -> None:
         if self.pending >= self.flush_size:

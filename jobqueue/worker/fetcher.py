@@ -58,6 +58,7 @@ class Fetcher(Service):
         self.fast_poll = False  # set while LISTEN is known to be down
         self.pending_outcomes: Callable[[], int] = lambda: 0
         self._claim_started = datetime.now(timezone.utc)
+        self._last_claimed = 0
         self.claimer = Claimer(schema, worker_id, queues, lease, weights=weights,
                                fair_every=fair_every)
 
@@ -99,6 +100,7 @@ class Fetcher(Service):
         self._claim_started = datetime.now(timezone.utc)
         async with self.pool.connection() as conn:
             jobs = await self.claimer.claim(conn, limit)
+        self._last_claimed = len(jobs)
         self.claimed += len(jobs)
         return jobs
 
@@ -117,8 +119,8 @@ class Fetcher(Service):
         if row is None or row[0] is None:
             return interval
         due: datetime = row[0]
-        if due <= self._claim_started:
-            # Ready before the last claim looked, and still queued: held back
+        if due <= self._claim_started and not self._last_claimed:
+            # Ready before the last claim looked, yet it got nothing: held back
             # by a pause, a fleet-wide limit or a lock key. Claiming again at
             # once would spin on the database; a NOTIFY, a freed slot or a
             # settings change wakes the fetcher sooner than the poll.

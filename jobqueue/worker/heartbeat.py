@@ -32,6 +32,8 @@ class Heartbeat(Service):
         self.interval = interval
         self.lease = lease
         self.beats = 0
+        # The ids of the jobs this worker holds (in flight or awaiting their ack).
+        self.held_ids: Callable[[], list[int]] = list
         # Told about jobs of ours flagged cancel_requested (NOTIFY may be missed).
         self.on_cancel_requested: Callable[[int], object] = lambda job_id: None
 
@@ -46,7 +48,7 @@ class Heartbeat(Service):
                 self.log.warning("heartbeat.failed", error=str(exc).strip())
 
     async def beat(self) -> None:
-        params = {"worker_id": self.worker_id, "lease": self.lease}
+        params = {"worker_id": self.worker_id, "lease": self.lease, "ids": self.held_ids()}
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(sql.query("heartbeat_jobs", self.schema), params)
             flagged = [row[0] for row in await cur.fetchall() if row[1]]

@@ -34,7 +34,7 @@ class Maintenance(Service):
 
     def __init__(self, pool: AsyncConnectionPool[Any], schema: str, log: Any, *,
                  interval: float = 1.0, worker_timeout: float = 30.0,
-                 session_grace: float = 5.0) -> None:
+                 session_grace: float = 5.0, channel: str = "") -> None:
         super().__init__()
         self.pool = pool
         self.schema = schema
@@ -42,6 +42,7 @@ class Maintenance(Service):
         self.interval = interval
         self.worker_timeout = worker_timeout
         self.session_grace = session_grace
+        self.channel = channel
         self.key = leader_key(schema)
         self.rounds_led = 0
 
@@ -71,7 +72,12 @@ class Maintenance(Service):
             cur = await conn.execute(sql.query("rescue_dead", q))
             dead = len(await cur.fetchall())
             cur = await conn.execute(sql.query("rescue_requeue", q))
-            requeued = len(await cur.fetchall())
+            rescued = await cur.fetchall()
+            requeued = len(rescued)
+            for queue in sorted({row[1] for row in rescued} if self.channel else ()):
+                # Wake idle workers now rather than at their next poll.
+                await conn.execute(sql.query("notify", q),
+                                   {"channel": self.channel, "message": queue})
             await conn.execute(sql.query("sweep_locks", q))
             if self.rounds_led % 60 == 1:
                 # Outcome counters: only the last minute is read (stats, metrics).

@@ -1,8 +1,9 @@
 """The worker: one process, asyncio inside, made of small services.
 
 Start order: check the schema, register in ``workers``, then start the
-listener, heartbeat, maintenance, completer and, last, the fetcher. Shutdown
-(SIGTERM/SIGINT or :meth:`Worker.request_stop`) runs the other way: stop
+listener, heartbeat, maintenance, completer, the cron scheduler (when the app
+defines schedules) and, last, the fetcher. Shutdown (SIGTERM/SIGINT or
+:meth:`Worker.request_stop`) runs the other way: stop scheduling and
 claiming, let in-flight jobs finish within the grace period, flush their
 outcomes, release whatever is still running back to ``queued`` without
 counting an attempt, deregister. A second signal exits at once; the leases
@@ -200,9 +201,11 @@ class Worker:
         heartbeat = Heartbeat(pool, app.schema, self.id, register, self.log,
                               interval=cfg.heartbeat_interval, lease=cfg.lease)
         heartbeat.on_cancel_requested = executor.cancel
+        heartbeat.held_ids = lambda: [*executor.inflight, *completer.pending_ids()]
         maintenance = Maintenance(pool, app.schema, self.log, interval=cfg.maintenance_interval,
                                   worker_timeout=cfg.worker_timeout,
-                                  session_grace=max(cfg.heartbeat_interval * 3, 5.0))
+                                  session_grace=max(cfg.heartbeat_interval * 3, 5.0),
+                                  channel=app.settings.channel)
         notifier = Notifier()
         systemd = SystemdService(notifier, lambda: (
             f"{len(executor.inflight)} in flight, {executor.started} started, "

@@ -64,6 +64,11 @@ def times_listening(worker: support.WorkerProcess) -> int:
     return len(worker.events("listener.connected")) + len(worker.events("listener.recovered"))
 
 
+def listening_again(worker: support.WorkerProcess) -> bool:
+    """Its LISTEN session is up after every time it went down."""
+    return times_listening(worker) == len(worker.events("listener.degraded")) + 1
+
+
 def test_sigkill_with_jobs_in_flight_another_worker_takes_them_over(
         app: JobQueue, db: Db, workers: support.Workers, tmp_path: Path) -> None:
     gate = tmp_path / "gate"  # the handlers block until it exists
@@ -124,7 +129,8 @@ def test_database_outage_is_not_taken_for_crashed_workers(
                    message="both workers to miss two heartbeats")
 
     # Back: both workers listen again and have heartbeated on the new server.
-    wait_until(lambda: all(times_listening(w) == 2 for w in (a, b))
+    wait_until(lambda: all(w.events("listener.degraded") and listening_again(w)
+                           for w in (a, b))
                and db.try_value("SELECT count(*) FROM {schema}.workers "
                                 "WHERE heartbeat_at > pg_postmaster_start_time()") == 2,
                30, message="both workers to listen and heartbeat again")
@@ -232,8 +238,8 @@ def test_worker_keeps_going_when_its_sessions_are_terminated(
 
     # It noticed and said so: the listener fell back to polling twice and came
     # back each time; the services whose sessions were cut logged their retry.
-    assert len(w.events("listener.degraded")) == 2
-    assert times_listening(w) == 3
+    assert len(w.events("listener.degraded")) >= 2
+    assert listening_again(w)
     retried = {e["event"] for e in (w.events("fetcher.claim_failed")
                                     + w.events("completer.flush_failed")
                                     + w.events("heartbeat.failed")

@@ -285,14 +285,18 @@ def test_weighted_queues_are_served_about_three_to_one(
 def test_pause_stops_every_worker_within_a_second_and_resume_runs_the_jobs(
         runs_table: str, admin: Conn, producer: JobQueue, workers: support.Workers,
         cli: support.Cli) -> None:
-    schema, total = runs_table, 40
+    schema, backlog = runs_table, 120
     fleet = start_fleet(workers, 2, "--queues", "p,r", "--concurrency", "2")
-    producer.enqueue_many([("work", {"seconds": 0.1})] * total, queue="p", strict=False)
+    producer.enqueue_many([("work", {"seconds": 0.05})] * backlog, queue="p", strict=False)
     wait_until(lambda: phase_count(admin, schema, "finished", "p") >= 4, 30,
                message="the paused queue to be flowing first")
 
     assert cli.ok("queue", "pause", "p").strip() == "queue 'p' paused"
     paused_at = db_now(admin)
+    # Jobs that arrive while p is paused: their NOTIFY wakes every worker, and
+    # none may take them.
+    arrived = producer.enqueue_many([("work", {})] * 10, queue="p", strict=False)
+    total = backlog + len(arrived)
     # Another queue keeps flowing: a job that takes 1.5 s starts and finishes
     # while p is paused, which is how long the test watches p.
     producer.enqueue("work", {"seconds": 1.5}, queue="r", strict=False)
@@ -312,8 +316,9 @@ def test_pause_stops_every_worker_within_a_second_and_resume_runs_the_jobs(
     p_runs = [r for r in runs if r.queue == "p"]
     late = [r for r in p_runs if r.started > paused_at + timedelta(seconds=1)]
     assert late == [], f"claimed from the paused queue after a second: {late}"
+    assert [r for r in p_runs if r.job_id in arrived] == []
     left = count(admin, schema, "jobs", "queue = 'p' AND state = 'queued'")
-    assert left > 0 and left + len(p_runs) == total  # the rest stayed queued
+    assert left >= len(arrived) and left + len(p_runs) == total  # the rest stayed queued
     last_start = max(r.started for r in p_runs)
 
     assert cli.ok("queue", "resume", "p").strip() == "queue 'p' resumed"

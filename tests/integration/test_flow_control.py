@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ def test_jobs_behind_a_held_lock_key_are_not_blocked(
     @app.task()
     async def step(name: str, gated: bool = False) -> None:
         while gated and not gate.exists():
-            await anyio_sleep()
+            await asyncio.sleep(0.01)
         done.append(name)
 
     # One transaction, so the worker first sees the whole queue: four jobs of
@@ -113,16 +114,8 @@ def test_jobs_behind_a_held_lock_key_are_not_blocked(
     assert count(admin, app.schema, "job_locks") == 0
 
 
-async def anyio_sleep() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.01)
-
-
 def test_lock_is_stored_by_every_enqueue_path(app: JobQueue, pg_dsn: str, conn: Conn,
                                               admin: Conn) -> None:
-    import asyncio
-
     @app.task()
     def plain() -> None:
         """Only enqueued."""
@@ -206,14 +199,10 @@ def prio_app(app: JobQueue, pg_dsn: str) -> Iterator[tuple[JobQueue, list[int], 
     low_saw: dict[int, int] = {}
     jobs = sql.Identifier(app.schema, "jobs")
 
-    @app.task(priority=0)
+    @app.task(priority=0, pass_context=True)
     async def high(ctx: JobContext) -> None:
-        import asyncio
-
         await asyncio.sleep(0.005)
         high_done.append(ctx.id)
-
-    high.pass_context = True
 
     @app.task(priority=10, pass_context=True)
     async def low(ctx: JobContext) -> None:
@@ -270,20 +259,14 @@ def test_without_the_guard_the_flood_starves_low_priority_jobs(
 # -- pause without NOTIFY -------------------------------------------------------------------
 
 
-class DeafListener(listener_module.Listener):
-    """A listener pointed at a port where no server listens: LISTEN is down for good."""
-
-    def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(f"{dsn} host=127.0.0.1 port=1 connect_timeout=1", *args, **kwargs)
-
-
 def deaf_dsn(dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port="1")
 
 
 @pytest.fixture
 def deaf(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers started in this test have a listener that can never connect."""
+    """Workers started in this test get a listener aimed at a port where no server
+    listens: their LISTEN connection never comes up, while everything else works."""
     base = listener_module.Listener
 
     class Deaf(base):  # type: ignore[misc, valid-type]
@@ -293,35 +276,43 @@ def deaf(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "Listener", Deaf)
 
 
+def db_now(admin: Conn) -> datetime:
+    row = admin.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
 def test_pause_reaches_a_worker_without_listen_within_a_second(
         pg_dsn: str, migrated: str, admin: Conn, deaf: None) -> None:
     app = JobQueue(pg_dsn, schema=migrated, connect_timeout=1.0)
     ran: list[int] = []
 
-    @app.task(queue="p", pass_context=True)
+    @app.task(pass_context=True)
     async def tick(ctx: JobContext) -> None:
         ran.append(ctx.id)
 
     try:
-        with worker_thread(app, queues=("p",), poll_interval=0.1) as worker:
-            assert not worker.services["listener"].healthy  # type: ignore[attr-defined]
-            first = app.enqueue("tick")
+        with worker_thread(app, queues=("p", "r"), poll_interval=0.1) as worker:
+            listener = worker.services["listener"]
+            assert not listener.healthy  # type: ignore[attr-defined]
+            first = app.enqueue("tick", queue="p")
             wait_until(lambda: ran == [first], 10, message="the queue to be served")
-            app.queues.pause("p")
-            paused = datetime.now(timezone.utc)
-            # The settings NOTIFY cannot reach this worker; its claimer re-reads
-            # the controls every second. Jobs enqueued from now on must wait.
-            later = []
-            while datetime.now(timezone.utc) - paused < timedelta(seconds=2.5):
-                later.append(app.enqueue("tick"))
-                wait_until(lambda: True, 0.1)  # pace the enqueues a little
-            # Allow a claim that read the controls just before the pause.
-            ran_late = [job_id for job_id in ran[1:] if job_id not in later[:12]]
-            assert ran_late == [], "the paused queue was served more than a second later"
-            assert worker.services["listener"].notifications == 0  # type: ignore[attr-defined]
+
+            app.queues.pause("p")  # its NOTIFY cannot reach this worker
+            paused = db_now(admin)
+            # Jobs that come due more than a second after the pause, while the
+            # worker is awake and claiming for them; and one in another queue,
+            # due after them all, to tell when they have all come due.
+            held = [app.enqueue("tick", queue="p", run_at=paused + timedelta(seconds=s))
+                    for s in (1.3, 1.6, 2.0)]
+            marker = app.enqueue("tick", queue="r", run_at=paused + timedelta(seconds=2.5))
+            wait_until(lambda: marker in ran, 15, message="the other queue's job to run")
+            assert [job_id for job_id in ran if job_id in held] == []
+            assert listener.notifications == 0  # type: ignore[attr-defined]
+
             app.queues.resume("p")
-            wait_until(lambda: len(ran) == 1 + len(later), 10,
-                       message="the queue to be served after resume")
+            wait_until(lambda: set(held) <= set(ran), 10, message="the held jobs after resume")
+            assert sorted(ran) == sorted([first, *held, marker])  # each once
         assert count(admin, migrated, "jobs") == 0
     finally:
         app.close()

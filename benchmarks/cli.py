@@ -1,0 +1,329 @@
+"""``python -m benchmarks``: run scenarios, print the table (or JSON) with the ratios.
+
+    python -m benchmarks all --dsn postgresql://postgres@127.0.0.1:5432/jq_bench
+    python -m benchmarks drain --jobs 20000 --json
+    python -m benchmarks soak --soak-seconds 120 --soak-hold 40 --soak-window 10
+
+Progress goes to stderr; the table (or with ``--json`` the JSON document) to
+stdout, and with ``--output FILE`` the JSON is also written to FILE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from benchmarks import report, scenarios
+from benchmarks.common import BenchmarkError, Result, environment
+from benchmarks.targets import Target
+from benchmarks.targets.jq import JobQueueTarget
+from benchmarks.targets.pgq import PgQueuerTarget
+from benchmarks.targets.proc import ProcrastinateTarget
+from benchmarks.targets.raw import RawTarget
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmarks of jobqueue against the raw SQL floor and its peers.")
+
+ALL_TARGETS = ("raw", "jobqueue", "pgqueuer", "procrastinate")
+SCENARIOS = ("drain", "enqueue-tx", "bulk", "latency", "soak")
+
+DsnOpt = Annotated[str | None, typer.Option("--dsn", envvar="JOBQUEUE_DSN",
+                                            help="PostgreSQL DSN (jobqueue's schemas go "
+                                                 "here; peers get their own databases "
+                                                 "on the same server)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON document, not tables")]
+OutputOpt = Annotated[Path | None, typer.Option("--output", help="Also write the JSON here")]
+TargetsOpt = Annotated[str, typer.Option("--targets",
+                                         help="Comma-separated: raw,jobqueue,pgqueuer,"
+                                              "procrastinate (peers not installed are "
+                                              "left out)")]
+DrainJobs = Annotated[int, typer.Option("--drain-jobs", min=1, help="drain: jobs")]
+TxJobs = Annotated[int, typer.Option("--tx-jobs", min=1, help="enqueue-tx: jobs in all")]
+Clients = Annotated[int, typer.Option("--clients", min=1, help="enqueue-tx: connections")]
+BulkJobs = Annotated[int, typer.Option("--bulk-jobs", min=1, help="bulk: jobs")]
+BulkBatch = Annotated[int, typer.Option("--bulk-batch", min=1, help="bulk: jobs per batch")]
+LatencyJobs = Annotated[int, typer.Option("--latency-jobs", min=1, help="latency: jobs")]
+LatencyInterval = Annotated[float, typer.Option("--latency-interval", min=0.001,
+                                                help="latency: seconds between jobs")]
+SoakSeconds = Annotated[float, typer.Option("--soak-seconds", min=1,
+                                            help="soak: seconds of enqueue + drain")]
+SoakHold = Annotated[float, typer.Option("--soak-hold", min=0,
+                                         help="soak: seconds a transaction holds the xmin "
+                                              "horizon, centred in the run (0: none)")]
+SoakWindow = Annotated[float, typer.Option("--soak-window", min=0.5,
+                                           help="soak: seconds per throughput window")]
+SoakLoad = Annotated[float, typer.Option("--soak-load", min=0.01, max=2.0,
+                                         help="soak: offered rate as a fraction of the "
+                                              "target's drain rate in this run")]
+SoakRate = Annotated[float | None, typer.Option("--soak-rate", min=1,
+                                                help="soak: offered jobs/s for every "
+                                                     "target (instead of --soak-load)")]
+JqConcurrency = Annotated[int, typer.Option("--jq-concurrency", min=1,
+                                            help="jobqueue worker concurrency")]
+ProcConcurrency = Annotated[int, typer.Option("--procrastinate-concurrency", min=1,
+                                              help="procrastinate worker concurrency")]
+PgqBatch = Annotated[int, typer.Option("--pgqueuer-batch", min=1,
+                                       help="pgqueuer batch_size")]
+PeerDb = Annotated[str, typer.Option("--peer-db-prefix",
+                                     help="Peers get the databases PREFIX_pgqueuer and "
+                                          "PREFIX_procrastinate (dropped and created again "
+                                          "for every scenario)")]
+Timeout = Annotated[float, typer.Option("--timeout", min=1,
+                                        help="seconds one worker phase may take")]
+
+
+@dataclass
+class Settings:
+    dsn: str
+    targets: tuple[str, ...]
+    jq_concurrency: int = 100
+    procrastinate_concurrency: int = 10
+    pgqueuer_batch: int = 100
+    timeout: float = 300.0
+    peer_db_prefix: str = "jq_bench"
+
+
+def _settings(dsn: str | None, targets: str, jq_concurrency: int, procrastinate_concurrency: int,
+              pgqueuer_batch: int, timeout: float, peer_db_prefix: str = "jq_bench") -> Settings:
+    if not dsn:
+        raise typer.BadParameter("--dsn (or $JOBQUEUE_DSN) is required", param_hint="--dsn")
+    names = tuple(t.strip() for t in targets.split(",") if t.strip())
+    unknown = [t for t in names if t not in ALL_TARGETS]
+    if unknown:
+        raise typer.BadParameter(f"unknown target(s) {unknown}; choose from {ALL_TARGETS}",
+                                 param_hint="--targets")
+    return Settings(dsn, names, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
+                    timeout, peer_db_prefix)
+
+
+def _rows(s: Settings, scenario: str) -> list[Target]:
+    """The targets of a scenario, in table order; raw has one row per variant."""
+    raw = {"enqueue-tx": ("insert", "notify"), "bulk": ("unnest", "copy")}.get(scenario, ("",))
+    jq = ("async", "sync") if scenario in ("drain", "latency") else ("async",)
+    out: list[Target] = []
+    if "raw" in s.targets:
+        out += [RawTarget(s.dsn, v) for v in raw]
+    if "jobqueue" in s.targets:
+        out += [JobQueueTarget(s.dsn, v, concurrency=s.jq_concurrency) for v in jq]
+    if "pgqueuer" in s.targets and PgQueuerTarget.available():
+        out.append(PgQueuerTarget(s.dsn, batch_size=s.pgqueuer_batch,
+                                  database_prefix=s.peer_db_prefix))
+    if "procrastinate" in s.targets and ProcrastinateTarget.available():
+        out.append(ProcrastinateTarget(s.dsn, concurrency=s.procrastinate_concurrency,
+                                       database_prefix=s.peer_db_prefix))
+    return out
+
+
+def _skipped(s: Settings) -> list[str]:
+    peers = {"pgqueuer": PgQueuerTarget, "procrastinate": ProcrastinateTarget}
+    return [name for name, cls in peers.items() if name in s.targets and not cls.available()]
+
+
+def _run(s: Settings, plan: list[Callable[[], list[Result]]], as_json: bool,
+         output: Path | None, params: dict[str, Any]) -> None:
+    env = environment(s.dsn)
+    skipped = _skipped(s)
+    if skipped:
+        scenarios.stderr_log(f"not installed, left out: {', '.join(skipped)} "
+                             "(pip install -e '.[bench]')")
+    started = time.monotonic()
+    results: list[Result] = []
+    try:
+        for step in plan:
+            results += step()
+    except BenchmarkError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    env["wall_seconds"] = round(time.monotonic() - started, 1)
+    document = {"environment": env, "parameters": params, "left_out": skipped,
+                "results": report.rows(results), "targets": report.targets(results)}
+    if output is not None:
+        output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+        return
+    typer.echo(f"PostgreSQL {env['postgres']} at {env['host']} "
+               f"(synchronous_commit={env['synchronous_commit']}), Python {env['python']}, "
+               f"{env['cpus']} CPUs, load average {env['load_average_at_start'][0]} at the start")
+    typer.echo("")
+    typer.echo(report.markdown(results))
+
+
+def _drain(s: Settings, jobs: int) -> Callable[[], list[Result]]:
+    return lambda: [scenarios.drain(t, jobs, s.timeout) for t in _rows(s, "drain")]
+
+
+def _enqueue_tx(s: Settings, jobs: int, clients: int) -> Callable[[], list[Result]]:
+    return lambda: [scenarios.enqueue_tx(t, jobs, clients) for t in _rows(s, "enqueue-tx")]
+
+
+def _bulk(s: Settings, jobs: int, batch: int) -> Callable[[], list[Result]]:
+    return lambda: [scenarios.bulk(t, jobs, batch) for t in _rows(s, "bulk")]
+
+
+def _latency(s: Settings, jobs: int, interval: float) -> Callable[[], list[Result]]:
+    return lambda: [scenarios.latency(t, jobs, interval, min(s.timeout, 60))
+                    for t in _rows(s, "latency")]
+
+
+def _soak(s: Settings, seconds: float, hold: float, window: float, load: float,
+          rate: float | None, drained: Callable[[], list[Result]] | None,
+          probe_jobs: int) -> Callable[[], list[Result]]:
+    def step() -> list[Result]:
+        capacity: dict[str, float] = {}
+        if rate is None:
+            # The offered rate is a share of each target's own drain rate: from
+            # this run's drain scenario, else from a short drain measured now.
+            known = drained() if drained is not None else []
+            for r in known:
+                if r.label not in capacity:
+                    capacity[r.label] = r.rate
+        out = []
+        for t in _rows(s, "soak"):
+            offered = rate
+            if offered is None:
+                label = t.label("drain")
+                if label not in capacity:
+                    capacity[label] = scenarios.drain(t, probe_jobs, s.timeout).rate
+                offered = capacity[label] * load
+            plan = scenarios.SoakPlan(seconds=seconds, hold_seconds=hold, window=window,
+                                      rate=offered)
+            out.append(scenarios.soak(t, plan))
+        return out
+
+    return step
+
+
+@app.command("all")
+def run_all(
+    dsn: DsnOpt = None,
+    as_json: JsonOpt = False,
+    output: OutputOpt = None,
+    targets: TargetsOpt = ",".join(ALL_TARGETS),
+    drain_jobs: DrainJobs = 20_000,
+    tx_jobs: TxJobs = 8_000,
+    clients: Clients = 8,
+    bulk_jobs: BulkJobs = 100_000,
+    bulk_batch: BulkBatch = 1_000,
+    latency_jobs: LatencyJobs = 300,
+    latency_interval: LatencyInterval = 0.02,
+    soak_seconds: SoakSeconds = 600,
+    soak_hold: SoakHold = 120,
+    soak_window: SoakWindow = 30,
+    soak_load: SoakLoad = 0.8,
+    soak_rate: SoakRate = None,
+    jq_concurrency: JqConcurrency = 100,
+    procrastinate_concurrency: ProcConcurrency = 10,
+    pgqueuer_batch: PgqBatch = 100,
+    timeout: Timeout = 300,
+    peer_db_prefix: PeerDb = "jq_bench",
+    scenario: Annotated[list[str] | None, typer.Option(
+        "--scenario", help="Only these scenarios (repeatable); default: all five")] = None,
+) -> None:
+    """Every scenario, each target on a fresh store, one table with the ratios."""
+    s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
+                  timeout, peer_db_prefix)
+    chosen = tuple(scenario) if scenario else SCENARIOS
+    bad = [c for c in chosen if c not in SCENARIOS]
+    if bad:
+        raise typer.BadParameter(f"unknown scenario(s) {bad}; choose from {SCENARIOS}",
+                                 param_hint="--scenario")
+    drained: list[Result] = []
+
+    def drain_step() -> list[Result]:
+        drained.extend(_drain(s, drain_jobs)())
+        return drained
+
+    steps: dict[str, Callable[[], list[Result]]] = {
+        "drain": drain_step,
+        "enqueue-tx": _enqueue_tx(s, tx_jobs, clients),
+        "bulk": _bulk(s, bulk_jobs, bulk_batch),
+        "latency": _latency(s, latency_jobs, latency_interval),
+        "soak": _soak(s, soak_seconds, soak_hold, soak_window, soak_load, soak_rate,
+                      lambda: drained, min(drain_jobs, 5_000)),
+    }
+    params = {k: v for k, v in locals().items()
+              if k not in ("s", "steps", "drained", "drain_step", "dsn", "output")}
+    params["scenario"] = list(chosen)
+    _run(s, [steps[c] for c in SCENARIOS if c in chosen], as_json, output, params)
+
+
+@app.command("drain")
+def run_drain(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+              targets: TargetsOpt = ",".join(ALL_TARGETS), drain_jobs: DrainJobs = 20_000,
+              jq_concurrency: JqConcurrency = 100,
+              procrastinate_concurrency: ProcConcurrency = 10,
+              pgqueuer_batch: PgqBatch = 100, timeout: Timeout = 300,
+              peer_db_prefix: PeerDb = "jq_bench") -> None:
+    """N no-op jobs stored beforehand; one worker process drains them."""
+    s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
+                  timeout, peer_db_prefix)
+    _run(s, [_drain(s, drain_jobs)], as_json, output, {"drain_jobs": drain_jobs})
+
+
+@app.command("enqueue-tx")
+def run_enqueue_tx(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+                   targets: TargetsOpt = ",".join(ALL_TARGETS), tx_jobs: TxJobs = 8_000,
+                   clients: Clients = 8, peer_db_prefix: PeerDb = "jq_bench") -> None:
+    """C concurrent connections, each committing one job per transaction."""
+    s = _settings(dsn, targets, 100, 10, 100, 300, peer_db_prefix)
+    _run(s, [_enqueue_tx(s, tx_jobs, clients)], as_json, output,
+         {"tx_jobs": tx_jobs, "clients": clients})
+
+
+@app.command("bulk")
+def run_bulk(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+             targets: TargetsOpt = ",".join(ALL_TARGETS), bulk_jobs: BulkJobs = 100_000,
+             bulk_batch: BulkBatch = 1_000, peer_db_prefix: PeerDb = "jq_bench") -> None:
+    """Batches of jobs, one transaction per batch."""
+    s = _settings(dsn, targets, 100, 10, 100, 300, peer_db_prefix)
+    _run(s, [_bulk(s, bulk_jobs, bulk_batch)], as_json, output,
+         {"bulk_jobs": bulk_jobs, "bulk_batch": bulk_batch})
+
+
+@app.command("latency")
+def run_latency(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+                targets: TargetsOpt = ",".join(ALL_TARGETS), latency_jobs: LatencyJobs = 300,
+                latency_interval: LatencyInterval = 0.02, jq_concurrency: JqConcurrency = 100,
+                procrastinate_concurrency: ProcConcurrency = 10,
+                pgqueuer_batch: PgqBatch = 100, peer_db_prefix: PeerDb = "jq_bench") -> None:
+    """An idle worker; one job every 20 ms in its own transaction; enqueue -> start."""
+    s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch, 300,
+                  peer_db_prefix)
+    _run(s, [_latency(s, latency_jobs, latency_interval)], as_json, output,
+         {"latency_jobs": latency_jobs, "latency_interval": latency_interval})
+
+
+@app.command("soak")
+def run_soak(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+             targets: TargetsOpt = ",".join(ALL_TARGETS), soak_seconds: SoakSeconds = 600,
+             soak_hold: SoakHold = 120, soak_window: SoakWindow = 30,
+             soak_load: SoakLoad = 0.8, soak_rate: SoakRate = None,
+             drain_jobs: DrainJobs = 5_000, jq_concurrency: JqConcurrency = 100,
+             procrastinate_concurrency: ProcConcurrency = 10,
+             pgqueuer_batch: PgqBatch = 100, timeout: Timeout = 300,
+             peer_db_prefix: PeerDb = "jq_bench") -> None:
+    """Enqueue + drain at ~80 % of capacity with the xmin horizon held in the middle."""
+    s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
+                  timeout, peer_db_prefix)
+    _run(s, [_soak(s, soak_seconds, soak_hold, soak_window, soak_load, soak_rate, None,
+                   drain_jobs)], as_json, output,
+         {"soak_seconds": soak_seconds, "soak_hold": soak_hold, "soak_window": soak_window,
+          "soak_load": soak_load, "soak_rate": soak_rate, "capacity_drain_jobs": drain_jobs})
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="python -m benchmarks")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
