@@ -190,14 +190,19 @@ def _soak(s: Settings, seconds: float, hold: float, window: float, load: float,
         out = []
         for t in _rows(s, "soak"):
             offered = rate
+            sustained = None
             if offered is None:
                 label = t.label("drain")
                 if label not in capacity:
                     capacity[label] = scenarios.drain(t, probe_jobs, s.timeout).rate
-                offered = capacity[label] * load
+                sustained = scenarios.capacity(t, capacity[label],
+                                               seconds=min(12.0, max(2.0, seconds / 5)))
+                offered = sustained * load
             plan = scenarios.SoakPlan(seconds=seconds, hold_seconds=hold, window=window,
                                       rate=offered)
-            out.append(scenarios.soak(t, plan))
+            result = scenarios.soak(t, plan)
+            result.extra["capacity_mixed_jobs_per_s"] = sustained
+            out.append(result)
         return out
 
     return step

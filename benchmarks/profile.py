@@ -23,7 +23,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,6 +39,30 @@ class _Count:
 
     def started(self, seq: int) -> None:
         self.n += 1
+
+
+def _count_calls() -> dict[str, int]:
+    """Count claims (and the jobs they brought) and ack flushes, by wrapping the
+    methods of this process's classes: how many round trips the drain took."""
+    from jobqueue.worker.completer import Completer
+    from jobqueue.worker.fetcher import Fetcher
+
+    calls = {"claims": 0, "claimed": 0, "flushes": 0}
+    claim, flush = Fetcher.claim, Completer.flush
+
+    async def counted_claim(self: Any, limit: int) -> Any:
+        jobs = await claim(self, limit)
+        calls["claims"] += 1
+        calls["claimed"] += len(jobs)
+        return jobs
+
+    async def counted_flush(self: Any) -> None:
+        calls["flushes"] += 1
+        await flush(self)
+
+    Fetcher.claim = counted_claim  # type: ignore[method-assign]
+    Completer.flush = counted_flush  # type: ignore[method-assign]
+    return calls
 
 
 @cli.command()
@@ -67,55 +91,70 @@ def run(
                 copy.write_row((QUEUE, task, _args(seq)))
         vacuum_analyze(dsn, sql.Identifier(schema, "jobs"))
         configure(level="warning", force=True)
+        calls = _count_calls()
         count = _Count()
         app = build_app(dsn, schema, count)
         worker = Worker(app, WorkerConfig(queues=(QUEUE,), concurrency=concurrency,
                                           batch_size=batch_size, burst=True,
                                           handle_signals=False))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         worker.run()
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         app.close()
         if count.n != jobs:
             typer.echo(f"error: {jobs} jobs, the handler ran {count.n} times", err=True)
             raise typer.Exit(1)
         typer.echo(json.dumps({"jobs": jobs, "seconds": round(elapsed, 3),
                                "jobs_per_second": round(jobs / elapsed, 1),
-                               "stats": worker.stats}))
+                               "worker_cpu_us_per_job": round(cpu / jobs * 1e6, 1),
+                               "calls": calls, "stats": worker.stats}))
     finally:
         drop_schema(dsn, schema)
 
 
-# Where a sample goes: the innermost frame on its stack that matches one of
-# these, checked from the leaf up. Order within a frame does not matter.
-BUCKETS: list[tuple[str, re.Pattern[str]]] = [
-    ("handler (probe)", re.compile(r"^(started|noop_async|noop_sync) \(.*benchmarks")),
-    ("structlog", re.compile(r"\(.*structlog/")),
-    ("metrics", re.compile(r"\(.*jobqueue/metrics\.py")),
+# Where a sample goes: the first rule whose pattern matches any frame of its
+# stack. Rules are ordered from the most specific (a logging call made from the
+# claim counts as logging) to the most general (whatever else runs under the
+# worker's event loop is the loop's own scheduling).
+RULES: list[tuple[str, re.Pattern[str]]] = [
+    ("logging (structlog)", re.compile(r"\(structlog/")),
+    ("metrics", re.compile(r"\(jobqueue/metrics\.py")),
+    ("lifecycle (context binding, log calls)", re.compile(r"^Lifecycle\.")),
+    ("handler (the no-op)", re.compile(r"^(_Count\.started|.*noop_(a)?sync) ")),
+    ("thread hop (run_in_executor, futures, copy_context)",
+     re.compile(r"(^Executor\._in_thread |run_in_executor|call_soon_threadsafe|"
+                r"\(concurrent/futures/|^_chain_future|^_copy_future_state|"
+                r"^Future\.set_result|_set_state)")),
+    ("claim: executing the SQL (psycopg)", re.compile(r"^AsyncCursor\.execute .*"
+                                                     r"|^AsyncConnection\.execute ")),
+    ("completer (ack flush + outcome buffering)", re.compile(r"^Completer\.")),
+    ("executor: submit (JobContext, create_task)", re.compile(r"^Executor\.submit ")),
+    ("executor: done callback (slot freed, fetcher woken)",
+     re.compile(r"^Executor\._done ")),
+    ("executor: the job's coroutine (_run/_call)", re.compile(r"^Executor\._(run|call) ")),
+    ("other services (heartbeat, maintenance, listener, pool)",
+     re.compile(r"^(Heartbeat|Maintenance|Listener|Scheduler|SystemdService|"
+                r"AsyncConnectionPool)\.")),
+    ("fetcher loop", re.compile(r"^Fetcher\.")),
 ]
-JOBQUEUE = re.compile(r"^(?P<fn>[\w<>.]+) \((?P<file>[^:]*jobqueue/[\w/]+\.py):\d+\)$")
-LEAF_GROUPS: list[tuple[str, re.Pattern[str]]] = [
-    ("psycopg (protocol, row decoding)", re.compile(r"\(.*psycopg")),
-    ("asyncio event loop", re.compile(r"\(.*asyncio/")),
-    ("concurrent.futures / threading", re.compile(r"\(.*(concurrent/futures|threading\.py)")),
-    ("json", re.compile(r"\(.*json/")),
-]
+# Within the claim, what the rows cost once they are back.
+CLAIM = re.compile(r"^Fetcher\.claim ")
+DECODE = re.compile(r"(fetchall|_JsonLoader|json/|__create_fn__|listcomp)")
+IDLE = re.compile(r"^(EpollSelector\.select|_worker|Condition\.wait|Event\.wait|"
+                  r"SimpleQueue\.get) ")
 
 
 def classify(frames: list[str]) -> str:
-    for frame in reversed(frames):
-        for name, pattern in BUCKETS:
-            if pattern.search(frame):
-                return name
-        match = JOBQUEUE.match(frame)
-        if match:
-            module = Path(match["file"]).stem
-            return f"jobqueue {module}.{match['fn']}"
-    for frame in reversed(frames):
-        for name, pattern in LEAF_GROUPS:
-            if pattern.search(frame):
-                return f"(outside jobqueue) {name}"
-    return "(outside jobqueue) other"
+    if IDLE.match(frames[-1]):
+        return "(idle: waiting on the database / a queue)"
+    if any(CLAIM.match(f) for f in frames):
+        if any(DECODE.search(f) for f in frames):
+            return "claim: decoding rows (json, ClaimedJob)"
+        return "claim: executing the SQL (psycopg)"
+    for name, pattern in RULES:
+        if any(pattern.search(f) for f in frames):
+            return name
+    return "asyncio event loop (scheduling, callbacks)"
 
 
 @cli.command()
@@ -123,42 +162,31 @@ def summarize(
     path: Path,
     jobs: Annotated[int, typer.Option("--jobs", min=1)] = 100_000,
     rate: Annotated[int, typer.Option("--rate", min=1, help="py-spy's --rate")] = 500,
-    top: Annotated[int, typer.Option("--top", min=1)] = 30,
-    under: Annotated[str, typer.Option("--under", help="only samples under this frame")] =
-        "run_async",
 ) -> None:
-    """Attribute py-spy's collapsed stacks (--format raw) to jobqueue functions."""
+    """Attribute py-spy's collapsed stacks (--format raw) to the parts of the worker."""
     buckets: Counter[str] = Counter()
-    psycopg_by_caller: Counter[str] = Counter()
-    total = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
         frames = stack.split(";")
-        if under and not any(f.startswith(under + " ") for f in frames) and \
-                not any("jobqueue/" in f or "concurrent/futures" in f for f in frames):
+        # Only the worker: its event loop and the threads of its pool.
+        if not any(f.startswith("Worker.run (jobqueue/") or
+                   f.startswith("Executor._in_thread ") for f in frames) and \
+                not (frames[-1].startswith("_worker ") and len(frames) <= 5):
             continue
-        count = int(n)
-        total += count
-        name = classify(frames)
-        buckets[name] += count
-        if any("psycopg" in f for f in frames):
-            caller = next((JOBQUEUE.match(f)["fn"] for f in reversed(frames)  # type: ignore[index]
-                           if JOBQUEUE.match(f)), "?")
-            psycopg_by_caller[caller] += count
-    if not total:
+        buckets[classify(frames)] += int(n)
+    busy = sum(n for name, n in buckets.items() if not name.startswith("(idle"))
+    if not busy:
         typer.echo("no samples", err=True)
         raise typer.Exit(1)
     per_sample_us = 1e6 / rate
-    typer.echo(f"{total} samples at {rate} Hz = {total / rate:.2f} s of worker CPU; "
-               f"{total * per_sample_us / jobs:.1f} us per job over {jobs:,} jobs")
-    typer.echo(f"{'where':<58} {'share':>6} {'us/job':>7}")
-    for name, count in buckets.most_common(top):
-        typer.echo(f"{name:<58} {count / total:>6.1%} {count * per_sample_us / jobs:>7.2f}")
-    typer.echo("\npsycopg time by the innermost jobqueue caller:")
-    for name, count in psycopg_by_caller.most_common(10):
-        typer.echo(f"  {name:<56} {count / total:>6.1%} {count * per_sample_us / jobs:>7.2f}")
+    typer.echo(f"{busy} busy samples at {rate} Hz = {busy / rate:.2f} s; "
+               f"{busy * per_sample_us / jobs:.1f} us per job over {jobs:,} jobs")
+    typer.echo(f"{'where':<56} {'share':>6} {'us/job':>7}")
+    for name, count in buckets.most_common():
+        share = "" if name.startswith("(idle") else f"{count / busy:>6.1%}"
+        typer.echo(f"{name:<56} {share:>6} {count * per_sample_us / jobs:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ succeed. Only public names live here.
 """
 
 from jobqueue.app import JobQueue
+from jobqueue.cron import CronError
 from jobqueue.errors import (
     ConfigError,
     DatabaseError,
@@ -23,6 +24,7 @@ from jobqueue.tasks import JobContext, Retry, Task
 
 __all__ = [
     "ConfigError",
+    "CronError",
     "DatabaseError",
     "DuplicateJobError",
     "DuplicateTaskError",

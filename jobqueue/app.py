@@ -265,17 +265,36 @@ class JobQueue:
         max_attempts: int | None,
         strict: bool,
     ) -> dict[str, Any]:
-        rows = [
-            self._params(ref, args, queue=queue, priority=priority, run_at=run_at, delay=delay,
-                         unique_key=None, max_attempts=max_attempts, strict=strict)
-            for ref, args in jobs
-        ]
+        # The options are the same for every job, so what follows from them and
+        # the task (queue, priority, max_attempts, and every check of those) is
+        # worked out once per task; per job only its args are encoded.
+        per_task: dict[str, tuple[str, int, int]] = {}
+        limit = self.settings.payload_limit
+        queues: list[str] = []
+        tasks: list[str] = []
+        encoded: list[str] = []
+        priorities: list[int] = []
+        attempts: list[int] = []
+        for ref, args in jobs:
+            name = self._task_name(ref)
+            options = per_task.get(name)
+            if options is None:
+                first = self._params(name, None, queue=queue, priority=priority, run_at=run_at,
+                                     delay=delay, unique_key=None, max_attempts=max_attempts,
+                                     strict=strict)
+                options = per_task[name] = (first["queue"], first["priority"],
+                                            first["max_attempts"])
+            encoded.append(enqueue.encode_args(args, limit))
+            tasks.append(name)
+            queues.append(options[0])
+            priorities.append(options[1])
+            attempts.append(options[2])
         return {
-            "queues": [r["queue"] for r in rows],
-            "tasks": [r["task"] for r in rows],
-            "args": [r["args"] for r in rows],
-            "priorities": [r["priority"] for r in rows],
-            "max_attempts": [r["max_attempts"] for r in rows],
+            "queues": queues,
+            "tasks": tasks,
+            "args": encoded,
+            "priorities": priorities,
+            "max_attempts": attempts,
             "run_at": enqueue.check_run_at(run_at),
             "delay": enqueue.delay_seconds(delay),
             "correlation_id": None,

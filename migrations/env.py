@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from psycopg import sql
 
-from jobqueue.db.migrate import MIGRATE_LOCK_KEY, VERSION_TABLE
+from jobqueue.db.migrate import VERSION_TABLE, migrate_lock_key
 
 config = context.config
 schema: str = config.attributes.get("jobqueue_schema", "jobqueue")
@@ -36,7 +36,7 @@ else:
         version_table_schema=schema,
     )
     with context.begin_transaction():
-        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})")
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({migrate_lock_key(schema)})")
         # The version table lives in the schema, so the schema must exist first.
         connection.exec_driver_sql(create_schema)
         context.run_migrations()

@@ -8,6 +8,7 @@ migration tool take the SQL from :func:`sql_script` (``jobqueue migrate --sql``)
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from pathlib import Path
@@ -19,9 +20,12 @@ import jobqueue
 from jobqueue.errors import ConfigError, DatabaseError
 
 VERSION_TABLE = "jobqueue_alembic_version"
-# Serialises concurrent `jobqueue migrate` runs (say, every worker of a fleet
-# migrating on deploy): the second waits, then finds nothing left to do.
-MIGRATE_LOCK_KEY = 0x6A6F62715F6D6967  # "jobq_mig"
+def migrate_lock_key(schema: str) -> int:
+    """The advisory lock that serialises concurrent `jobqueue migrate` runs on one
+    schema (say, every worker of a fleet migrating on deploy): the second waits,
+    then finds nothing left to do. Per schema, so unrelated schemas never wait."""
+    digest = hashlib.blake2b(f"jobqueue:{schema}:migrate".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 # Alembic keeps the running command in module globals (alembic.context, alembic.op):
 # two threads migrating at once would run each other's env.py on each other's
 # connection and deadlock while holding the advisory lock. One command at a time.

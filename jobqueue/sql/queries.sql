@@ -49,6 +49,30 @@ WITH job AS (
 )
 SELECT job.id FROM job CROSS JOIN notified ORDER BY job.id;
 
+-- name: reserve_job_ids
+-- Bulk enqueue by COPY (enqueue_many of many jobs), step 1 of 2. COPY cannot
+-- return the ids it inserts, so they are drawn here first, in input order
+-- (COPY stores the given value even in an identity column). The jobs' shared
+-- run_at comes back as this session prints it, for COPY to read back as is.
+-- One NOTIFY per distinct queue when the jobs are due now: delivered at COMMIT,
+-- so only if the COPY that follows commits too.
+WITH due AS (
+    SELECT COALESCE(%(run_at)s::timestamptz,
+                    now() + make_interval(secs => %(delay)s::float8)) AS run_at
+)
+SELECT ARRAY(SELECT nextval(pg_get_serial_sequence(%(table)s, 'id'))
+             FROM generate_series(1, %(n)s)) AS ids,
+       due.run_at::text,
+       (SELECT count(pg_notify(%(channel)s, q)) FROM unnest(%(queues)s::text[]) AS q
+        WHERE due.run_at <= now()) AS notified
+FROM due;
+
+-- name: copy_jobs
+-- Step 2: the rows, in COPY's text format (see enqueue.copy_rows).
+COPY {schema}.jobs (id, queue, task, args, priority, run_at, max_attempts, correlation_id,
+                    lock_key)
+FROM STDIN;
+
 -- name: next_run_at
 -- How long the fetcher may sleep: the earliest scheduled job of its queues,
 -- read per queue from the head of jobs_oldest_idx.
@@ -702,7 +726,7 @@ SET state = 'running',
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked
                        WHERE lock_key IS NULL OR id IN (SELECT job_id FROM locked)))
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.priority,
-          j.run_at, j.created_at, j.lock_key, j.correlation_id
+          j.run_at, j.created_at, j.lock_key, j.correlation_id, j.cancel_requested
 
 -- name: claim
 -- The fetcher's claim. Each queue's head is read from jobs_ready_idx with
@@ -752,8 +776,14 @@ WITH picked AS (
 ), {claim_tail};
 
 -- name: release_locks
--- Lock keys of jobs that finished (acks) or went back to the queue.
-DELETE FROM {schema}.job_locks WHERE job_id = ANY(%(ids)s::bigint[]);
+-- Lock keys of jobs that finished (acks) or went back to the queue. Not the
+-- key of a job that another worker runs now (we lost its lease and it was
+-- claimed again): that key is the other worker's.
+DELETE FROM {schema}.job_locks AS l
+WHERE l.job_id = ANY(%(ids)s::bigint[])
+  AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
+                  WHERE j.id = l.job_id AND j.state = 'running'
+                    AND j.locked_by IS DISTINCT FROM %(worker_id)s);
 
 -- name: sweep_locks
 -- Lock keys whose job is no longer running (a crashed worker's, a rescued

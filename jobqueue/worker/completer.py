@@ -150,7 +150,7 @@ class Completer(Service):
                         "worker_id": self.worker_id})
                 if unlock:
                     await conn.execute(sql.query("release_locks", self.schema),
-                                       {"ids": unlock})
+                                       {"ids": unlock, "worker_id": self.worker_id})
                 if tally:
                     # Between two syncs a pipeline is one implicit transaction:
                     # the counts commit together with the acks or not at all.

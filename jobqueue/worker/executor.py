@@ -161,6 +161,14 @@ class Executor:
                 message=f"no task named {job.task!r} is registered in this worker"),
                 queue=job.queue)
             return
+        if job.cancel_requested:
+            # Cancelled while it was running before and then went back to the
+            # queue (a retry, a shutdown): honour the cancel instead of running.
+            self.lifecycle.dead(job, started, "cancelled")
+            self.completer.dead(job.id, "cancelled", error_entry(
+                attempt=job.attempts, worker_id=self.worker_id, type_name="Cancelled",
+                message="cancelled before this attempt started"), queue=job.queue)
+            return
         try:
             await self._call(task, job, ctx)
         except asyncio.CancelledError:

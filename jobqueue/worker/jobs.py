@@ -25,6 +25,7 @@ class ClaimedJob:
     created_at: datetime
     lock_key: str | None = None
     correlation_id: str | None = None
+    cancel_requested: bool = False  # cancelled while it waited for a retry
 
 
 def error_entry(

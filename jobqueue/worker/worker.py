@@ -301,7 +301,7 @@ class Worker:
                 self.released = len(released)
                 if released:
                     await conn.execute(sql.query("release_locks", self.app.schema),
-                                       {"ids": released})
+                                       {"ids": released, "worker_id": self.id})
                 await conn.execute(sql.query("deregister_worker", self.app.schema),
                                    {"worker_id": self.id})
         except Exception as exc:  # noqa: BLE001 - the lease covers what we could not release

@@ -14,6 +14,7 @@ jobs in and jobs out. The handlers are in ``tests/apps/flow_app.py``.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -81,6 +82,15 @@ def read_runs(admin: Conn, schema: str) -> list[Run]:
 def phase_count(admin: Conn, schema: str, phase: str, queue: str | None = None) -> int:
     return count(admin, schema, "runs", "phase = %s AND (%s::text IS NULL OR queue = %s)",
                  (phase, queue, queue))
+
+
+def spans(runs: list[Run]) -> list[tuple[datetime, datetime]]:
+    """The runs' intervals; every one of them must have finished."""
+    out = []
+    for run in runs:
+        assert run.finished is not None, f"job {run.job_id} did not finish"
+        out.append((run.started, run.finished))
+    return out
 
 
 def max_overlap(spans: list[tuple[datetime, datetime]]) -> int:
@@ -171,9 +181,7 @@ def test_concurrency_limit_of_two_holds_across_three_workers(
     runs = read_runs(admin, schema)
     assert sorted(r.job_id for r in runs) == sorted({r.job_id for r in runs})  # once each
     assert len(runs) == total
-    spans = [(r.started, r.finished) for r in runs if r.finished is not None]
-    assert len(spans) == total
-    assert max_overlap(spans) == 2
+    assert max_overlap(spans(runs)) == 2
     assert_all_gone(admin, schema)
     by_pid = {p.pid: sum(1 for r in runs if r.pid == p.pid) for p in fleet}
     print(f"\nconcurrency limit 2 over 3 workers: {len(sampler.samples)} samples, "
@@ -193,15 +201,14 @@ def test_jobs_sharing_a_lock_never_overlap_while_other_locks_run(
     # jobs of other customers, which must not wait behind them.
     same = [producer.enqueue("work", {"seconds": 0.05, "gate": str(gate)}, lock="customer:42",
                              strict=False) for _ in range(6)]
-    others = [producer.enqueue("work", {"seconds": 0.3}, lock=f"customer:{i}", strict=False)
+    others = [producer.enqueue("work", {"seconds": 0.5}, lock=f"customer:{i}", strict=False)
               for i in range(3)]
     wait_until(lambda: phase_count(admin, schema, "finished") == len(others), 30,
                message="the other customers' jobs to finish")
     # While they ran, exactly one job of customer 42 had started: it holds the lock.
     runs = read_runs(admin, schema)
     assert [r.job_id for r in runs if r.job_id in same] == [same[0]]
-    other_spans = [(r.started, r.finished) for r in runs if r.job_id in others]
-    assert max_overlap([s for s in other_spans if s[1] is not None]) >= 2
+    assert max_overlap(spans([r for r in runs if r.job_id in others])) >= 2
     gate.touch()
     total = len(same) + len(others)
     wait_until(lambda: phase_count(admin, schema, "finished") == total, 30,
@@ -210,9 +217,7 @@ def test_jobs_sharing_a_lock_never_overlap_while_other_locks_run(
 
     runs = read_runs(admin, schema)
     assert sorted(r.job_id for r in runs) == sorted(same + others)  # each ran once
-    same_spans = [(r.started, r.finished) for r in runs if r.job_id in same]
-    assert all(end is not None for _, end in same_spans)
-    assert max_overlap(same_spans) == 1  # type: ignore[arg-type]
+    assert max_overlap(spans([r for r in runs if r.job_id in same])) == 1
     assert_all_gone(admin, schema)
 
 
@@ -247,9 +252,9 @@ def test_crashed_holders_lock_is_freed_by_the_sweep(
     assert sorted(r.job_id for r in runs) == sorted([holder, holder, waiting, unrelated])
     # The killed run never finished; after the kill the lock's jobs ran one at a time.
     assert runs[0].job_id == holder and runs[0].finished is None
-    later = [(r.started, r.finished) for r in runs[1:] if r.job_id in (holder, waiting)]
-    assert all(start > killed_at and end is not None for start, end in later)
-    assert max_overlap(later) == 1  # type: ignore[arg-type]
+    later = spans([r for r in runs[1:] if r.job_id in (holder, waiting)])
+    assert all(start > killed_at for start, _ in later)
+    assert max_overlap(later) == 1
     assert_all_gone(admin, schema)
 
 
@@ -305,9 +310,10 @@ def test_pause_stops_every_worker_within_a_second_and_resume_runs_the_jobs(
 
     stats = {row["queue"]: row for row in json.loads(cli.ok("stats", "--json"))}
     assert stats["p"]["paused"] is True and stats["r"]["paused"] is False
-    table = cli.ok("stats")
-    assert table.splitlines()[0].split()[-1] == "paused"
-    assert [line.split()[-1] for line in table.splitlines() if line.startswith("p ")] == ["yes"]
+    # The table: columns are separated by at least two spaces.
+    header, _, *lines = [re.split(r"\s{2,}", line) for line in cli.ok("stats").splitlines()]
+    column = header.index("paused")
+    assert {line[0]: line[column] for line in lines} == {"p": "yes", "r": "no"}
     assert json.loads(cli.ok("queue", "list", "--json"))[0] == {
         "name": "p", "paused": True, "max_running": None, "rate_limit": None,
         "rate_period": None}
@@ -388,6 +394,24 @@ def test_cancel_from_the_cli_queued_running_async_and_running_sync(
                  "AND id = ANY(%s)", ([blocked, sync_job],)) == 2
     print(f"\ncancel of a running async job: dead {async_latency:.3f}s after the command "
           f"was started")
+
+
+def test_fair_every_sets_how_often_a_claim_takes_the_oldest_jobs(
+        runs_table: str, admin: Conn, producer: JobQueue, workers: support.Workers) -> None:
+    schema = runs_table
+    for fair_every, expected in (("1", "oldest first"), ("0", "by priority")):
+        # Urgent (0) and background (5) jobs, interleaved in time.
+        ids = [producer.enqueue("work", {}, priority=priority, strict=False)
+               for priority in (5, 0, 5, 0, 5, 0)]
+        proc = workers.start("--concurrency", "1", "--burst", "--fair-every", fair_every,
+                             app=APP)
+        assert proc.wait(60) == 0, proc.log()
+        order = [r.job_id for r in read_runs(admin, schema) if r.job_id in ids]
+        if expected == "oldest first":  # every claim is a fairness claim
+            assert order == ids
+        else:  # never one: strictly by priority, then age
+            assert order == ids[1::2] + ids[0::2]
+    assert_all_gone(admin, schema)
 
 
 def test_cancel_of_an_unknown_job_is_one_error_line(runs_table: str, cli: support.Cli) -> None:

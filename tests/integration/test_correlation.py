@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobqueue import JobQueue, PayloadError
+from jobqueue import JobQueue, PayloadError, PermanentError
 from tests.helpers import wait_until, worker_thread
 
 
@@ -93,3 +93,16 @@ def test_a_job_enqueued_by_a_handler_inherits_the_correlation_id(
         wait_until(lambda: len(children) == 4, 20, message="parents to enqueue")
     got = sorted((correlation(admin, app.schema, c) or "-") for c in children)
     assert got == ["-", "req-a", "req-own", "req-s"]
+
+
+def test_a_dead_job_keeps_its_correlation_id(app: JobQueue,
+                                             admin: psycopg.Connection[Any]) -> None:
+    @app.task(max_attempts=1)
+    def doomed() -> None:
+        raise PermanentError("no")
+
+    job_id = app.enqueue("doomed", correlation_id="req-dead")
+    app.run_worker(burst=True, handle_signals=False)
+    row = admin.execute(sql.SQL("SELECT correlation_id FROM {} WHERE id = %s").format(
+        sql.Identifier(app.schema, "dead_jobs")), (job_id,)).fetchone()
+    assert row == ("req-dead",)

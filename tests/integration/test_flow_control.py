@@ -104,8 +104,8 @@ def test_jobs_behind_a_held_lock_key_are_not_blocked(
         # One slot holds k0 (it has the key); the other must reach past k1..k3.
         wait_until(lambda: sorted(done) == ["free", "other"], 10,
                    message="the jobs behind the held key to run")
-        assert column(admin, app.schema, "SELECT id FROM {jobs} WHERE state = 'running'") == \
-            [same[0]]
+        assert column(admin, app.schema, "SELECT id FROM {jobs} WHERE lock_key = 'k' "
+                      "AND state = 'running'") == [same[0]]
         gate.touch()
         wait_until(lambda: len(done) == 6, 20, message="the key's jobs to run")
         assert worker.executor.started == 6  # each once
@@ -304,7 +304,7 @@ def test_pause_reaches_a_worker_without_listen_within_a_second(
             # worker is awake and claiming for them; and one in another queue,
             # due after them all, to tell when they have all come due.
             held = [app.enqueue("tick", queue="p", run_at=paused + timedelta(seconds=s))
-                    for s in (1.3, 1.6, 2.0)]
+                    for s in (1.4, 1.7, 2.0)]
             marker = app.enqueue("tick", queue="r", run_at=paused + timedelta(seconds=2.5))
             wait_until(lambda: marker in ran, 15, message="the other queue's job to run")
             assert [job_id for job_id in ran if job_id in held] == []

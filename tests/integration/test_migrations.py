@@ -266,7 +266,7 @@ def test_two_processes_upgrading_a_fresh_schema_serialise_and_both_succeed(
     # same time, waiting; then let them race for it.
     tag = f"jq_migrate_race_{uuid.uuid4().hex[:8]}"
     dsn = make_conninfo(pg_dsn, application_name=tag)
-    admin.execute("SELECT pg_advisory_lock(%s)", (migrate.MIGRATE_LOCK_KEY,))
+    admin.execute("SELECT pg_advisory_lock(%s)", (migrate.migrate_lock_key(schema),))
     children: list[subprocess.Popen[str]] = []
     try:
         children = [subprocess.Popen([sys.executable, "-c", UPGRADE_IN_CHILD, dsn, schema],
@@ -282,7 +282,7 @@ def test_two_processes_upgrading_a_fresh_schema_serialise_and_both_succeed(
             child.kill()
         raise
     finally:
-        admin.execute("SELECT pg_advisory_unlock(%s)", (migrate.MIGRATE_LOCK_KEY,))
+        admin.execute("SELECT pg_advisory_unlock(%s)", (migrate.migrate_lock_key(schema),))
 
     for child in children:
         _, err = child.communicate(timeout=120)

@@ -186,8 +186,8 @@ class HookedConnection(psycopg.Connection[Any]):
     key taken, before jobqueue looks up the job holding it (the moment that job may
     finish in another session), and ``after_miss`` when that lookup found nothing."""
 
-    after_conflict: Callable[[], None] = staticmethod(lambda: None)
-    after_miss: Callable[[], None] = staticmethod(lambda: None)
+    after_conflict: Callable[[], object] = staticmethod(lambda: None)
+    after_miss: Callable[[], object] = staticmethod(lambda: None)
     conflicts = 0
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
@@ -209,13 +209,13 @@ def hooked() -> Iterator[type[HookedConnection]]:
     yield Hooked
 
 
-def finish_holder(admin: Conn, schema: str) -> Callable[[], None]:
+def finish_holder(admin: Conn, schema: str) -> Callable[[], object]:
     """The job holding key "k" finishes: its row is deleted, committed."""
     return lambda: admin.execute(sql.SQL("DELETE FROM {} WHERE unique_key = 'k'")
                                  .format(sql.Identifier(schema, "jobs")))
 
 
-def new_holder(admin: Conn, schema: str) -> Callable[[], None]:
+def new_holder(admin: Conn, schema: str) -> Callable[[], object]:
     """Another producer enqueues key "k" (committed)."""
     return lambda: admin.execute(sql.SQL("INSERT INTO {} (queue, task, unique_key) "
                                          "VALUES ('default', 'noop', 'k')")
