@@ -233,6 +233,8 @@ class JobQueue:
         unique_key: str | None,
         max_attempts: int | None,
         strict: bool,
+        correlation_id: str | None = None,
+        lock: str | None = None,
     ) -> dict[str, Any]:
         name, task = self._resolve(ref, strict)
         if run_at is not None and delay is not None:
@@ -249,8 +251,8 @@ class JobQueue:
                 max_attempts if max_attempts is not None
                 else (task.max_attempts if task else self.default_max_attempts)),
             "unique_key": unique_key,
-            "correlation_id": None,
-            "lock_key": None,
+            "correlation_id": enqueue.check_correlation_id(correlation_id),
+            "lock_key": enqueue.check_lock_key(lock),
             "channel": self.settings.channel,
         }
 
@@ -264,6 +266,8 @@ class JobQueue:
         delay: float | timedelta | None,
         max_attempts: int | None,
         strict: bool,
+        correlation_id: str | None = None,
+        lock: str | None = None,
     ) -> dict[str, Any]:
         # The options are the same for every job, so what follows from them and
         # the task (queue, priority, max_attempts, and every check of those) is
@@ -297,8 +301,8 @@ class JobQueue:
             "max_attempts": attempts,
             "run_at": enqueue.check_run_at(run_at),
             "delay": enqueue.delay_seconds(delay),
-            "correlation_id": None,
-            "lock_key": None,
+            "correlation_id": enqueue.check_correlation_id(correlation_id),
+            "lock_key": enqueue.check_lock_key(lock),
             "channel": self.settings.channel,
         }
 
@@ -398,9 +402,7 @@ class JobQueue:
         """
         params = self._params(task, args, queue=queue, priority=priority, run_at=run_at,
                               delay=delay, unique_key=unique_key, max_attempts=max_attempts,
-                              strict=strict)
-        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
-        params["lock_key"] = enqueue.check_lock_key(lock)
+                              strict=strict, correlation_id=correlation_id, lock=lock)
         return self._run_sync(conn, lambda c: enqueue.insert_one(
             c, self.settings, params, raise_on_duplicate))
 
@@ -422,9 +424,8 @@ class JobQueue:
 
         With ``lock`` all of them share the lock key: they run one at a time."""
         params = self._many_params(jobs, queue=queue, priority=priority, run_at=run_at,
-                                   delay=delay, max_attempts=max_attempts, strict=strict)
-        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
-        params["lock_key"] = enqueue.check_lock_key(lock)
+                                   delay=delay, max_attempts=max_attempts, strict=strict,
+                                   correlation_id=correlation_id, lock=lock)
         if not params["tasks"]:
             return []
         return self._run_sync(conn, lambda c: enqueue.insert_many(c, self.settings, params))
@@ -449,9 +450,7 @@ class JobQueue:
         """:meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy async sessions."""
         params = self._params(task, args, queue=queue, priority=priority, run_at=run_at,
                               delay=delay, unique_key=unique_key, max_attempts=max_attempts,
-                              strict=strict)
-        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
-        params["lock_key"] = enqueue.check_lock_key(lock)
+                              strict=strict, correlation_id=correlation_id, lock=lock)
 
         async def run(c: psycopg.AsyncConnection[Any]) -> int:
             return await enqueue.insert_one_async(c, self.settings, params, raise_on_duplicate)
@@ -473,9 +472,8 @@ class JobQueue:
         lock: str | None = None,
     ) -> list[int]:
         params = self._many_params(jobs, queue=queue, priority=priority, run_at=run_at,
-                                   delay=delay, max_attempts=max_attempts, strict=strict)
-        params["correlation_id"] = enqueue.check_correlation_id(correlation_id)
-        params["lock_key"] = enqueue.check_lock_key(lock)
+                                   delay=delay, max_attempts=max_attempts, strict=strict,
+                                   correlation_id=correlation_id, lock=lock)
         if not params["tasks"]:
             return []
 
