@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from benchmarks import report, scenarios
-from benchmarks.common import BenchmarkError, Result, environment
+from benchmarks.common import BenchmarkError, Result, autovacuum_on, environment
 from benchmarks.targets import Target
 from benchmarks.targets.jq import JobQueueTarget
 from benchmarks.targets.pgq import PgQueuerTarget
@@ -66,8 +66,13 @@ SoakLoad = Annotated[float, typer.Option("--soak-load", min=0.01, max=2.0,
 SoakRate = Annotated[float | None, typer.Option("--soak-rate", min=1,
                                                 help="soak: offered jobs/s for every "
                                                      "target (instead of --soak-load)")]
+SoakVacuum = Annotated[float | None, typer.Option(
+    "--soak-vacuum-every", min=0,
+    help="soak: the harness VACUUMs the jobs table every N seconds, a stand-in for "
+         "autovacuum (0: never; default: 10 when the server has autovacuum off, else 0)")]
 JqConcurrency = Annotated[int, typer.Option("--jq-concurrency", min=1,
                                             help="jobqueue worker concurrency")]
+JqBatch = Annotated[int, typer.Option("--jq-batch", min=1, help="jobqueue worker batch_size")]
 ProcConcurrency = Annotated[int, typer.Option("--procrastinate-concurrency", min=1,
                                               help="procrastinate worker concurrency")]
 PgqBatch = Annotated[int, typer.Option("--pgqueuer-batch", min=1,
@@ -84,11 +89,12 @@ Timeout = Annotated[float, typer.Option("--timeout", min=1,
 class Settings:
     dsn: str
     targets: tuple[str, ...]
-    jq_concurrency: int = 100
+    jq_concurrency: int = 200
     procrastinate_concurrency: int = 10
     pgqueuer_batch: int = 100
     timeout: float = 300.0
     peer_db_prefix: str = "jq_bench"
+    jq_batch: int = 100
 
 
 def _settings(dsn: str | None, targets: str, jq_concurrency: int, procrastinate_concurrency: int,
@@ -112,7 +118,8 @@ def _rows(s: Settings, scenario: str) -> list[Target]:
     if "raw" in s.targets:
         out += [RawTarget(s.dsn, v) for v in raw]
     if "jobqueue" in s.targets:
-        out += [JobQueueTarget(s.dsn, v, concurrency=s.jq_concurrency) for v in jq]
+        out += [JobQueueTarget(s.dsn, v, concurrency=s.jq_concurrency,
+                                  batch_size=s.jq_batch) for v in jq]
     if "pgqueuer" in s.targets and PgQueuerTarget.available():
         out.append(PgQueuerTarget(s.dsn, batch_size=s.pgqueuer_batch,
                                   database_prefix=s.peer_db_prefix))
@@ -152,7 +159,8 @@ def _run(s: Settings, plan: list[Callable[[], list[Result]]], as_json: bool,
         typer.echo(json.dumps(document, indent=2))
         return
     typer.echo(f"PostgreSQL {env['postgres']} at {env['host']} "
-               f"(synchronous_commit={env['synchronous_commit']}), Python {env['python']}, "
+               f"(synchronous_commit={env['synchronous_commit']}, "
+               f"autovacuum={env['autovacuum']}), Python {env['python']}, "
                f"{env['cpus']} CPUs, load average {env['load_average_at_start'][0]} at the start")
     typer.echo("")
     typer.echo(report.markdown(results))
@@ -177,8 +185,14 @@ def _latency(s: Settings, jobs: int, interval: float) -> Callable[[], list[Resul
 
 def _soak(s: Settings, seconds: float, hold: float, window: float, load: float,
           rate: float | None, drained: Callable[[], list[Result]] | None,
-          probe_jobs: int) -> Callable[[], list[Result]]:
+          probe_jobs: int, vacuum_every: float | None) -> Callable[[], list[Result]]:
     def step() -> list[Result]:
+        vacuum = vacuum_every
+        if vacuum is None:
+            vacuum = 0.0 if autovacuum_on(s.dsn) else 10.0
+            if vacuum:
+                scenarios.stderr_log("[soak] autovacuum is off on this server: the harness "
+                                     f"VACUUMs each jobs table every {vacuum:g} s instead")
         capacity: dict[str, float] = {}
         if rate is None:
             # The offered rate is a share of each target's own drain rate: from
@@ -199,7 +213,7 @@ def _soak(s: Settings, seconds: float, hold: float, window: float, load: float,
                                                seconds=min(12.0, max(2.0, seconds / 5)))
                 offered = sustained * load
             plan = scenarios.SoakPlan(seconds=seconds, hold_seconds=hold, window=window,
-                                      rate=offered)
+                                      rate=offered, vacuum_every=vacuum)
             result = scenarios.soak(t, plan)
             result.extra["capacity_mixed_jobs_per_s"] = sustained
             out.append(result)
@@ -226,7 +240,8 @@ def run_all(
     soak_window: SoakWindow = 30,
     soak_load: SoakLoad = 0.8,
     soak_rate: SoakRate = None,
-    jq_concurrency: JqConcurrency = 100,
+    soak_vacuum_every: SoakVacuum = None,
+    jq_concurrency: JqConcurrency = 200, jq_batch: JqBatch = 100,
     procrastinate_concurrency: ProcConcurrency = 10,
     pgqueuer_batch: PgqBatch = 100,
     timeout: Timeout = 300,
@@ -237,6 +252,7 @@ def run_all(
     """Every scenario, each target on a fresh store, one table with the ratios."""
     s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
                   timeout, peer_db_prefix)
+    s.jq_batch = jq_batch
     chosen = tuple(scenario) if scenario else SCENARIOS
     bad = [c for c in chosen if c not in SCENARIOS]
     if bad:
@@ -254,7 +270,7 @@ def run_all(
         "bulk": _bulk(s, bulk_jobs, bulk_batch),
         "latency": _latency(s, latency_jobs, latency_interval),
         "soak": _soak(s, soak_seconds, soak_hold, soak_window, soak_load, soak_rate,
-                      lambda: drained, min(drain_jobs, 5_000)),
+                      lambda: drained, min(drain_jobs, 5_000), soak_vacuum_every),
     }
     params = {k: v for k, v in locals().items()
               if k not in ("s", "steps", "drained", "drain_step", "dsn", "output")}
@@ -265,13 +281,14 @@ def run_all(
 @app.command("drain")
 def run_drain(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
               targets: TargetsOpt = ",".join(ALL_TARGETS), drain_jobs: DrainJobs = 20_000,
-              jq_concurrency: JqConcurrency = 100,
+              jq_concurrency: JqConcurrency = 200, jq_batch: JqBatch = 100,
               procrastinate_concurrency: ProcConcurrency = 10,
               pgqueuer_batch: PgqBatch = 100, timeout: Timeout = 300,
               peer_db_prefix: PeerDb = "jq_bench") -> None:
     """N no-op jobs stored beforehand; one worker process drains them."""
     s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
                   timeout, peer_db_prefix)
+    s.jq_batch = jq_batch
     _run(s, [_drain(s, drain_jobs)], as_json, output, {"drain_jobs": drain_jobs})
 
 
@@ -280,7 +297,7 @@ def run_enqueue_tx(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputO
                    targets: TargetsOpt = ",".join(ALL_TARGETS), tx_jobs: TxJobs = 8_000,
                    clients: Clients = 8, peer_db_prefix: PeerDb = "jq_bench") -> None:
     """C concurrent connections, each committing one job per transaction."""
-    s = _settings(dsn, targets, 100, 10, 100, 300, peer_db_prefix)
+    s = _settings(dsn, targets, 200, 10, 100, 300, peer_db_prefix)
     _run(s, [_enqueue_tx(s, tx_jobs, clients)], as_json, output,
          {"tx_jobs": tx_jobs, "clients": clients})
 
@@ -290,7 +307,7 @@ def run_bulk(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = N
              targets: TargetsOpt = ",".join(ALL_TARGETS), bulk_jobs: BulkJobs = 100_000,
              bulk_batch: BulkBatch = 1_000, peer_db_prefix: PeerDb = "jq_bench") -> None:
     """Batches of jobs, one transaction per batch."""
-    s = _settings(dsn, targets, 100, 10, 100, 300, peer_db_prefix)
+    s = _settings(dsn, targets, 200, 10, 100, 300, peer_db_prefix)
     _run(s, [_bulk(s, bulk_jobs, bulk_batch)], as_json, output,
          {"bulk_jobs": bulk_jobs, "bulk_batch": bulk_batch})
 
@@ -298,12 +315,14 @@ def run_bulk(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = N
 @app.command("latency")
 def run_latency(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
                 targets: TargetsOpt = ",".join(ALL_TARGETS), latency_jobs: LatencyJobs = 300,
-                latency_interval: LatencyInterval = 0.02, jq_concurrency: JqConcurrency = 100,
+                latency_interval: LatencyInterval = 0.02, jq_concurrency: JqConcurrency = 200,
+                jq_batch: JqBatch = 100,
                 procrastinate_concurrency: ProcConcurrency = 10,
                 pgqueuer_batch: PgqBatch = 100, peer_db_prefix: PeerDb = "jq_bench") -> None:
     """An idle worker; one job every 20 ms in its own transaction; enqueue -> start."""
     s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch, 300,
                   peer_db_prefix)
+    s.jq_batch = jq_batch
     _run(s, [_latency(s, latency_jobs, latency_interval)], as_json, output,
          {"latency_jobs": latency_jobs, "latency_interval": latency_interval})
 
@@ -313,17 +332,20 @@ def run_soak(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = N
              targets: TargetsOpt = ",".join(ALL_TARGETS), soak_seconds: SoakSeconds = 600,
              soak_hold: SoakHold = 120, soak_window: SoakWindow = 30,
              soak_load: SoakLoad = 0.8, soak_rate: SoakRate = None,
-             drain_jobs: DrainJobs = 5_000, jq_concurrency: JqConcurrency = 100,
+             soak_vacuum_every: SoakVacuum = None, drain_jobs: DrainJobs = 5_000,
+             jq_concurrency: JqConcurrency = 200, jq_batch: JqBatch = 100,
              procrastinate_concurrency: ProcConcurrency = 10,
              pgqueuer_batch: PgqBatch = 100, timeout: Timeout = 300,
              peer_db_prefix: PeerDb = "jq_bench") -> None:
     """Enqueue + drain at ~80 % of capacity with the xmin horizon held in the middle."""
     s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
                   timeout, peer_db_prefix)
+    s.jq_batch = jq_batch
     _run(s, [_soak(s, soak_seconds, soak_hold, soak_window, soak_load, soak_rate, None,
-                   drain_jobs)], as_json, output,
+                   drain_jobs, soak_vacuum_every)], as_json, output,
          {"soak_seconds": soak_seconds, "soak_hold": soak_hold, "soak_window": soak_window,
-          "soak_load": soak_load, "soak_rate": soak_rate, "capacity_drain_jobs": drain_jobs})
+          "soak_load": soak_load, "soak_rate": soak_rate, "capacity_drain_jobs": drain_jobs,
+          "soak_vacuum_every": soak_vacuum_every})
 
 
 def main(argv: list[str] | None = None) -> None:

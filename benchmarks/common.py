@@ -139,12 +139,14 @@ def environment(dsn: str) -> dict[str, Any]:
         version = conn.execute("SHOW server_version").fetchone()
         sync = conn.execute("SHOW synchronous_commit").fetchone()
         fsync = conn.execute("SHOW fsync").fetchone()
+        autovacuum = conn.execute("SHOW autovacuum").fetchone()
         host = conn.info.host
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
         "postgres": str(version[0]) if version else "?",
         "synchronous_commit": str(sync[0]) if sync else "?",
         "fsync": str(fsync[0]) if fsync else "?",
+        "autovacuum": str(autovacuum[0]) if autovacuum else "?",
         "host": host,
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
@@ -153,5 +155,5 @@ def environment(dsn: str) -> dict[str, Any]:
     }
 
 
-def deadline_passed(deadline: float) -> bool:
-    return time.monotonic() > deadline
+def autovacuum_on(dsn: str) -> bool:
+    return str(scalar(dsn, "SHOW autovacuum")) == "on"

@@ -69,9 +69,11 @@ def _count_calls() -> dict[str, int]:
 def run(
     dsn: Annotated[str, typer.Option("--dsn", envvar="JOBQUEUE_DSN")],
     jobs: Annotated[int, typer.Option("--jobs", min=1)] = 100_000,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 100,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1)] = 200,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 100,
     handler: Annotated[str, typer.Option("--handler", help="async or sync")] = "async",
+    option: Annotated[list[str] | None, typer.Option(
+        "--option", help="Another WorkerConfig field, as NAME=VALUE (repeatable)")] = None,
 ) -> None:
     """Store JOBS no-op jobs in a fresh schema and drain them with one burst worker."""
     import psycopg
@@ -94,9 +96,11 @@ def run(
         calls = _count_calls()
         count = _Count()
         app = build_app(dsn, schema, count)
+        extra = {name: json.loads(value) for name, _, value in
+                 (o.partition("=") for o in option or [])}
         worker = Worker(app, WorkerConfig(queues=(QUEUE,), concurrency=concurrency,
                                           batch_size=batch_size, burst=True,
-                                          handle_signals=False))
+                                          handle_signals=False, **extra))
         started, cpu = time.perf_counter(), time.process_time()
         worker.run()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu

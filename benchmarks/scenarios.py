@@ -174,6 +174,9 @@ class SoakPlan:
     rate: float
     tick: float = 0.1
     drain_grace: float = 30.0
+    # Seconds between plain VACUUMs of the jobs table run by the harness, a
+    # stand-in for autovacuum on servers that have it off (0: none).
+    vacuum_every: float = 0.0
 
     @property
     def hold_start(self) -> float:
@@ -182,6 +185,36 @@ class SoakPlan:
     @property
     def hold_end(self) -> float:
         return self.hold_start + self.hold_seconds
+
+
+class Vacuumer:
+    """VACUUM one table every ``every`` seconds in a thread of its own, the way
+    autovacuum would with naptime = ``every`` and no cost delay."""
+
+    def __init__(self, dsn: str, table: sql.Composable, every: float) -> None:
+        self.dsn, self.table, self.every = dsn, table, every
+        self.runs = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="soak-vacuum", daemon=True)
+
+    def start(self) -> Vacuumer:
+        if self.every > 0:
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self._stop.wait(self.every):
+                started = time.monotonic()
+                conn.execute(sql.SQL("VACUUM {}").format(self.table))
+                self.seconds += time.monotonic() - started
+                self.runs += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(120)
 
 
 class HeldTransaction:
@@ -226,6 +259,7 @@ def soak(target: Target, plan: SoakPlan, log: Log = stderr_log) -> Result:
             raise BenchmarkError(f"soak: the worker ran {worker.handled} of {WARMUP} "
                                  "warm-up jobs within 60s")
         n_windows = max(1, int(plan.seconds // plan.window))
+        vacuumer = Vacuumer(dsn, sql.Identifier(schema, table), plan.vacuum_every).start()
         stop = threading.Event()
         errors: list[BaseException] = []
         t0 = time.monotonic()
@@ -241,7 +275,7 @@ def soak(target: Target, plan: SoakPlan, log: Log = stderr_log) -> Result:
                 "enqueued": target.enqueued, "backlog": target.enqueued - done,
                 "dead_tuples": stats["dead"], "live_tuples": stats["live"],
                 "table_bytes": stats["bytes"], "autovacuums": stats["autovacuums"],
-                "rss_bytes": rss_bytes(worker.pid),
+                "rss_bytes": rss_bytes(worker.pid), "harness_vacuums": vacuumer.runs,
                 "held": start < plan.hold_end and end > plan.hold_start,
             })
             w = windows[-1]
@@ -290,6 +324,7 @@ def soak(target: Target, plan: SoakPlan, log: Log = stderr_log) -> Result:
         finally:
             stop.set()
             thread.join(30)
+            vacuumer.stop()
         if errors:
             worker.stop()
             raise errors[0]
@@ -306,6 +341,9 @@ def soak(target: Target, plan: SoakPlan, log: Log = stderr_log) -> Result:
                                  f"ran, {left} left: some were lost or ran twice")
         summary = summarise_soak(windows, plan)
         summary["left_unfinished"] = unfinished
+        summary["harness_vacuum_every"] = plan.vacuum_every
+        summary["harness_vacuums"] = vacuumer.runs
+        summary["harness_vacuum_seconds"] = round(vacuumer.seconds, 1)
         return _result(target, "soak", sum(w["jobs"] for w in windows),
                        sum(w["end_s"] - w["start_s"] for w in windows),
                        rate_offered=round(plan.rate, 1), soak_seconds=plan.seconds,

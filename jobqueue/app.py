@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
@@ -29,24 +28,13 @@ from jobqueue.config import (
 from jobqueue.cron import CronError, Schedule
 from jobqueue.dead import DeadJobs
 from jobqueue.errors import DuplicateTaskError, PayloadError, UnknownTaskError
+from jobqueue.overview import QueueOverview, queue_overview
 from jobqueue.queues import QueueControls
 from jobqueue.tasks import Retry, Task
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
 TaskRef = Task | str | Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """One queue's depth, as ``jobqueue stats`` shows it."""
-
-    queue: str
-    queued: int
-    scheduled: int
-    running: int
-    dead: int
-    oldest_age: float | None
 
 
 class JobQueue:
@@ -354,13 +342,15 @@ class JobQueue:
             self._pool.close()
             self._pool = None
         if self._apool is not None:
-            pool, self._apool = self._apool, None
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                asyncio.run(pool.close())
-            else:  # pragma: no cover - called from inside a loop: use aclose()
+            pool, loop = self._apool, self._apool_loop
+            self._apool = self._apool_loop = None
+            if loop is None or loop.is_closed():
+                # Its loop is gone (an asyncio.run() that ended): the pool cannot
+                # be closed from another loop; its connections go with it.
+                return
+            if loop.is_running():
                 raise RuntimeError("use `await app.aclose()` inside an event loop")
+            loop.run_until_complete(pool.close())
 
     async def aclose(self) -> None:
         if self._apool is not None:
@@ -561,15 +551,10 @@ class JobQueue:
 
         return self._run_sync(conn, run)
 
-    def stats(self, conn: Any = None) -> list[QueueStats]:
-        """Per-queue depth: ready, scheduled, running, dead and the oldest ready age."""
-        from jobqueue import sql
-
-        def read(c: psycopg.Connection[Any]) -> list[QueueStats]:
-            rows = c.execute(sql.query("queue_stats", self.schema)).fetchall()
-            return [QueueStats(*row) for row in rows]
-
-        return self._run_sync(conn, read)
+    def stats(self, conn: Any = None) -> list[QueueOverview]:
+        """Per queue: ready, scheduled, running and dead jobs, the oldest ready job's
+        age, outcomes over the last minute, paused, and how many live workers serve it."""
+        return self._run_sync(conn, lambda c: queue_overview(c, self.schema))
 
     def run_worker(
         self,

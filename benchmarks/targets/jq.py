@@ -1,9 +1,12 @@
 """jobqueue, used as its README says: ``enqueue``/``enqueue_many`` on the caller's
 psycopg connection, and one ``Worker`` per process.
 
-Worker settings: ``concurrency`` 100 by default (a claim takes
-``min(batch_size, free slots)`` jobs, so for short jobs concurrency is what
-sizes the claim), ``batch_size`` 100, everything else at its default (acks
+Worker settings: ``concurrency`` 200 and ``batch_size`` 100 by default. A
+claim takes ``min(batch_size, free slots)`` jobs, so with concurrency equal to
+the batch the next claim waits until the whole batch has finished and its
+round trip is never overlapped with work (measured: 13.9k jobs/s at 100/100,
+22.5k at 200/100 on the same machine); one batch of headroom is what pgqueuer
+gets by fetching the next batch while the last runs. Everything else at its default (acks
 flushed every 5 ms or 500 outcomes, heartbeat every 2 s, LISTEN/NOTIFY with a
 1 s poll as the fallback). Logging at ``warning``: the per-job events are
 debug-level and cost a no-op call either way.
@@ -45,7 +48,7 @@ class JobQueueTarget(Target):
     name = "jobqueue"
     worker_module = "benchmarks.targets.jq"
 
-    def __init__(self, dsn: str, variant: str = "async", concurrency: int = 100,
+    def __init__(self, dsn: str, variant: str = "async", concurrency: int = 200,
                  batch_size: int = 100) -> None:
         super().__init__(dsn, variant or "async")
         self.concurrency = concurrency

@@ -227,28 +227,6 @@ WHERE j.state = 'running'
        OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.locked_by))
 RETURNING j.id, j.queue;
 
--- name: queue_stats
-WITH live AS (
-    SELECT queue,
-           count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS queued,
-           count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
-           count(*) FILTER (WHERE state = 'running') AS running,
-           extract(epoch FROM now() - min(run_at)
-                   FILTER (WHERE state = 'queued' AND run_at <= now()))::float8 AS oldest_age
-    FROM {schema}.jobs GROUP BY queue
-), dead AS (
-    SELECT queue, count(*) AS dead FROM {schema}.dead_jobs
-    WHERE replayed_at IS NULL GROUP BY queue
-)
-SELECT COALESCE(live.queue, dead.queue) AS queue,
-       COALESCE(live.queued, 0) AS queued,
-       COALESCE(live.scheduled, 0) AS scheduled,
-       COALESCE(live.running, 0) AS running,
-       COALESCE(dead.dead, 0) AS dead,
-       live.oldest_age
-FROM live FULL JOIN dead ON live.queue = dead.queue
-ORDER BY 1;
-
 -- name: count_workers
 SELECT count(*) FROM {schema}.workers;
 
