@@ -68,7 +68,8 @@ SoakRate = Annotated[float | None, typer.Option("--soak-rate", min=1,
                                                      "target (instead of --soak-load)")]
 SoakVacuum = Annotated[float | None, typer.Option(
     "--soak-vacuum-every", min=0,
-    help="soak: the harness VACUUMs the jobs table every N seconds, a stand-in for "
+    help="soak: the harness runs VACUUM (ANALYZE) on the jobs table every N seconds, a "
+         "stand-in for "
          "autovacuum (0: never; default: 10 when the server has autovacuum off, else 0)")]
 JqConcurrency = Annotated[int, typer.Option("--jq-concurrency", min=1,
                                             help="jobqueue worker concurrency")]
@@ -136,6 +137,7 @@ def _skipped(s: Settings) -> list[str]:
 
 def _run(s: Settings, plan: list[Callable[[], list[Result]]], as_json: bool,
          output: Path | None, params: dict[str, Any]) -> None:
+    scenarios.wait_for_server(s.dsn, 120)
     env = environment(s.dsn)
     skipped = _skipped(s)
     if skipped:
@@ -192,7 +194,8 @@ def _soak(s: Settings, seconds: float, hold: float, window: float, load: float,
             vacuum = 0.0 if autovacuum_on(s.dsn) else 10.0
             if vacuum:
                 scenarios.stderr_log("[soak] autovacuum is off on this server: the harness "
-                                     f"VACUUMs each jobs table every {vacuum:g} s instead")
+                                     f"runs VACUUM (ANALYZE) on each jobs table every "
+                                     f"{vacuum:g} s instead")
         capacity: dict[str, float] = {}
         if rate is None:
             # The offered rate is a share of each target's own drain rate: from
