@@ -227,9 +227,6 @@ WHERE j.state = 'running'
        OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.locked_by))
 RETURNING j.id, j.queue;
 
--- name: count_workers
-SELECT count(*) FROM {schema}.workers;
-
 -- name: fragment_dead_filter
 -- The selector shared by every dead_jobs command: each filter is optional
 -- (NULL means "any"), so one static statement serves every combination.

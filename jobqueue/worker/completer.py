@@ -51,7 +51,6 @@ class Completer(Service):
         # Per queue: [succeeded, retried, dead] not yet written to job_counts.
         self._tally: dict[str, list[int]] = {}
         self._full = asyncio.Event()
-        self._flushed = asyncio.Event()
         self.counts = {"succeeded": 0, "retried": 0, "dead": 0}
 
     # -- called by the executor ------------------------------------------------------------

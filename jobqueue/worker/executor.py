@@ -34,8 +34,6 @@ class HandlerTimeoutError(TimeoutError):
     """
 
 
-HandlerTimeout = HandlerTimeoutError  # the earlier name
-
 
 class Executor:
     def __init__(
