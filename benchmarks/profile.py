@@ -82,7 +82,7 @@ def run(
     from benchmarks.common import vacuum_analyze
     from benchmarks.targets.raw import COPY, QUEUE, _args
     from jobqueue.log import configure
-    from jobqueue.worker import Worker, WorkerConfig
+    from jobqueue.worker import WorkerConfig
 
     schema = fresh_schema(dsn)
     task = {"async": "noop_async", "sync": "noop_sync"}[handler]
@@ -98,7 +98,7 @@ def run(
         app = build_app(dsn, schema, count)
         extra = {name: json.loads(value) for name, _, value in
                  (o.partition("=") for o in option or [])}
-        worker = Worker(app, WorkerConfig(queues=(QUEUE,), concurrency=concurrency,
+        worker = app.worker(WorkerConfig(queues=(QUEUE,), concurrency=concurrency,
                                           batch_size=batch_size, burst=True,
                                           handle_signals=False, **extra))
         started, cpu = time.perf_counter(), time.process_time()

@@ -1,8 +1,13 @@
-"""Settings: where the database is, which schema, and the defaults for jobs.
+"""Settings and defaults: where the database is, which schema, and every default once.
 
 The DSN comes from the argument, else ``$JOBQUEUE_DSN``, else the embedded
 Postgres (started lazily, the first time a connection is needed). The schema
 comes from the argument, else ``$JOBQUEUE_SCHEMA``, else ``jobqueue``.
+
+Every default that more than one module needs (the lease, the worker timeout,
+the payload limit...) is declared here and nowhere else: the worker, the
+leader's rescue, ``stats`` and ``doctor`` must agree on what "a silent worker"
+means, and they can only agree if they read one number.
 """
 
 from __future__ import annotations
@@ -17,8 +22,19 @@ from jobqueue.errors import ConfigError
 
 DEFAULT_SCHEMA = "jobqueue"
 DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_PAYLOAD_LIMIT = 64 * 1024
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: How long a claimed job stays the worker's without a heartbeat, seconds.
+DEFAULT_LEASE = 30.0
+#: A worker silent this long (no heartbeat) is reaped and its jobs rescued.
+DEFAULT_WORKER_TIMEOUT = 30.0
+DEFAULT_HEARTBEAT_INTERVAL = 2.0
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+DEFAULT_CONCURRENCY = 10
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_POLL_INTERVAL = 1.0
 
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -30,18 +46,12 @@ class Settings:
     dsn: str | None
     schema: str = DEFAULT_SCHEMA
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
-    connect_timeout: float = 5.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
 
     @property
-    def channel(self) -> str:
-        """The NOTIFY channel: one per schema, so two queues in one database stay apart."""
-        return f"jobqueue.{self.schema}"
-
-    @property
-    def control_channel(self) -> str:
-        """Where control messages go (settings changed, cancel a job), apart from the
-        new-job channel whose payload is a queue name, which may be any text."""
-        return f"jobqueue.{self.schema}.control"
+    def connect_timeout_arg(self) -> int:
+        """``connect_timeout`` as libpq takes it: whole seconds, at least 1 (0 means forever)."""
+        return max(1, int(self.connect_timeout))
 
 
 def resolve_schema(schema: str | None) -> str:
@@ -116,3 +126,9 @@ def describe_dsn(dsn: str) -> str:
     user = str(p.get("user") or "")
     db = str(p.get("dbname") or user)
     return f"{user + '@' if user else ''}{host}:{port}/{db}"
+
+
+def migrate_hint(schema: str) -> str:
+    """The command that migrates ``schema``: a bare ``jobqueue migrate`` does the default one."""
+    flag = f" --schema {schema}" if schema != DEFAULT_SCHEMA else ""
+    return f"`jobqueue migrate{flag}`"

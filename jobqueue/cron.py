@@ -38,13 +38,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import psycopg
 from croniter import CroniterError, croniter
 
-from jobqueue import sql
-from jobqueue.config import Settings
-from jobqueue.enqueue import check_priority, encode_args, probe_schema
+from jobqueue.config import DEFAULT_PAYLOAD_LIMIT
 from jobqueue.errors import ConfigError
+from jobqueue.payload import check_priority, encode_args
 
 UTC = timezone.utc
 OVERLAP_MODES = ("skip", "allow")
@@ -235,7 +233,7 @@ class Schedule:
     def build(cls, name: str, expression: str, task: str, args: Any = None, *,
               overlap: str = "skip", timezone: str = "UTC", catch_up: int = 1,
               queue: str | None = None, priority: int | None = None,
-              payload_limit: int = 64 * 1024) -> Schedule:
+              payload_limit: int = DEFAULT_PAYLOAD_LIMIT) -> Schedule:
         if not isinstance(name, str) or not name.strip() or name != name.strip():
             raise CronError(f"a schedule needs a non-empty name without surrounding spaces, "
                             f"got {name!r}")
@@ -252,50 +250,3 @@ class Schedule:
         return cls(name=name, cron=CronExpression(expression, timezone), task=task,
                    args=json.loads(args_json), args_json=args_json, overlap=overlap,
                    catch_up=catch_up, queue=queue, priority=priority)
-
-
-# -- what is stored ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredSchedule:
-    """A row of the ``cron`` table, as ``jobqueue cron list`` shows it."""
-
-    name: str
-    expression: str
-    timezone: str
-    task: str
-    queue: str
-    overlap: str
-    priority: int
-    catch_up: int
-    last_fire_at: datetime | None
-    next_fire_at: datetime | None
-
-    def local(self, instant: datetime | None) -> datetime | None:
-        """``instant`` on the schedule's own clock (UTC if its zone is unknown here)."""
-        if instant is None:
-            return None
-        try:
-            return instant.astimezone(ZoneInfo(self.timezone))
-        except (ZoneInfoNotFoundError, ValueError):
-            return instant.astimezone(UTC)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "expression": self.expression, "timezone": self.timezone,
-            "task": self.task, "queue": self.queue, "overlap": self.overlap,
-            "priority": self.priority, "catch_up": self.catch_up,
-            "last_fire_at": _iso(self.last_fire_at), "next_fire_at": _iso(self.next_fire_at),
-        }
-
-
-def _iso(instant: datetime | None) -> str | None:
-    return instant.astimezone(UTC).isoformat() if instant is not None else None
-
-
-def stored_schedules(conn: psycopg.Connection[Any], settings: Settings) -> list[StoredSchedule]:
-    """Every schedule in the ``cron`` table, by name."""
-    probe_schema(conn, settings)
-    rows = conn.execute(sql.query("cron_list", settings.schema)).fetchall()
-    return [StoredSchedule(*row) for row in rows]

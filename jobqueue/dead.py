@@ -7,17 +7,15 @@ and as which job it was replayed, so the audit trail survives the replay.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import psycopg
-
-from jobqueue import sql
+from jobqueue.db import admin
+from jobqueue.db.store import Store
 from jobqueue.errors import JobQueueError
-
-if TYPE_CHECKING:
-    from jobqueue.app import JobQueue
+from jobqueue.protocol import job_channel
+from jobqueue.rows import DeadJob, DeadJobSummary, ReplayedRow
 
 REPLAY_BATCH = 500
 
@@ -61,114 +59,60 @@ class DeadFilter:
         }
 
 
-@dataclass(frozen=True)
-class DeadJobSummary:
-    id: int
-    queue: str
-    task: str
-    reason: str
-    attempts: int
-    died_at: datetime
-    last_error_type: str | None
-    last_error: str | None
-    replay_count: int
-    replayed_at: datetime | None
-    replayed_as: int | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class DeadJob:
-    id: int
-    queue: str
-    task: str
-    args: dict[str, Any]
-    priority: int
-    run_at: datetime
-    attempts: int
-    max_attempts: int
-    unique_key: str | None
-    cron_name: str | None
-    replay_of: int | None
-    created_at: datetime
-    died_at: datetime
-    reason: str
-    errors: list[dict[str, Any]]
-    replay_count: int
-    replayed_at: datetime | None
-    replayed_as: int | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @dataclass
 class ReplayResult:
     replayed: dict[int, int] = field(default_factory=dict)  # dead id -> new job id
     skipped: int = 0  # selected but not replayed (their unique_key is live again)
 
+    def add(self, batch: list[ReplayedRow]) -> int:
+        """Count one batch in; how many dead rows it picked."""
+        picked = batch[0].picked if batch else 0
+        done = {r.dead_id: r.job_id for r in batch
+                if r.dead_id is not None and r.job_id is not None}
+        self.replayed.update(done)
+        self.skipped += picked - len(done)
+        return picked
+
 
 class DeadJobs:
-    """``app.dead``: the dead-jobs API of one JobQueue."""
+    """``app.dead``: the dead-jobs API of one queue, over its Store."""
 
-    def __init__(self, app: JobQueue) -> None:
-        self.app = app
-
-    def _q(self, name: str) -> psycopg.sql.Composed:
-        return sql.query(name, self.app.schema)
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def list(self, where: DeadFilter | None = None, *, limit: int = 50,
              conn: Any = None) -> list[DeadJobSummary]:
-        params = {**(where or DeadFilter()).params(), "limit": limit}
-        return self.app._run_sync(conn, lambda c: [
-            DeadJobSummary(*row) for row in c.execute(self._q("dead_list"), params).fetchall()])
+        result: list[DeadJobSummary] = self.store.run(
+            admin.dead_list((where or DeadFilter()).params(), limit), conn)
+        return result
 
     def count(self, where: DeadFilter | None = None, *, conn: Any = None) -> int:
-        params = (where or DeadFilter()).params()
-
-        def run(c: psycopg.Connection[Any]) -> int:
-            row = c.execute(self._q("dead_count"), params).fetchone()
-            return int(row[0]) if row else 0
-
-        return self.app._run_sync(conn, run)
+        return int(self.store.run(admin.dead_count((where or DeadFilter()).params()), conn)
+                   or 0)
 
     def get(self, job_id: int, *, conn: Any = None) -> DeadJob | None:
-        def run(c: psycopg.Connection[Any]) -> DeadJob | None:
-            row = c.execute(self._q("dead_show"), {"id": job_id}).fetchone()
-            return DeadJob(*row) if row else None
-
-        return self.app._run_sync(conn, run)
+        found: DeadJob | None = self.store.run(admin.dead_show(job_id), conn)
+        return found
 
     def replay(self, where: DeadFilter, *, batch_size: int = REPLAY_BATCH,
                conn: Any = None) -> ReplayResult:
         """Re-enqueue the selected dead jobs, ``batch_size`` per transaction.
 
-        With ``conn`` everything happens in the caller's transaction instead.
+        With ``conn`` everything happens in the caller's transaction instead. A
+        dead job whose unique_key is held by a live job again is skipped (it
+        stays dead, unmarked).
         """
         if not where.selects_something:
             raise NoSelectorError("name the dead jobs to replay (ids, filters) or pass all")
-        params = {**where.params(), "limit": batch_size, "after_id": 0,
-                  "channel": self.app.settings.channel}
-        result = ReplayResult()
-
-        def one_batch(c: psycopg.Connection[Any]) -> int:
-            rows = c.execute(self._q("dead_replay"), params).fetchall()
-            picked = int(rows[0][2]) if rows else 0
-            if picked:
-                params["after_id"] = int(rows[0][3])
-            done = {int(r[0]): int(r[1]) for r in rows if r[0] is not None}
-            result.replayed.update(done)
-            result.skipped += picked - len(done)
-            return picked
-
+        params, result = where.params(), ReplayResult()
+        after_id = 0
         while True:
-            if conn is not None:
-                picked = self.app._run_sync(conn, one_batch)
-            else:
-                with self.app.connect() as own:  # one transaction per batch
-                    picked = one_batch(own)
+            # Without conn each batch runs on a pooled connection: one transaction each.
+            batch: list[ReplayedRow] = self.store.run(admin.dead_replay_batch(
+                params, after_id, batch_size, job_channel(self.store.schema)), conn)
+            picked = result.add(batch)
+            if picked:
+                after_id = max(after_id, batch[0].last_id or after_id)
             if picked < batch_size:
                 return result
 
@@ -176,6 +120,4 @@ class DeadJobs:
         """Delete the selected dead jobs for good; returns how many."""
         if not where.selects_something:
             raise NoSelectorError("name the dead jobs to purge (ids, filters) or pass all")
-        params = where.params()
-        return self.app._run_sync(
-            conn, lambda c: len(c.execute(self._q("dead_purge"), params).fetchall()))
+        return len(self.store.run(admin.dead_purge(where.params()), conn))

@@ -16,9 +16,11 @@ import psycopg
 from psycopg import sql as pgsql
 
 from jobqueue.app import JobQueue
+from jobqueue.db.jobs import is_live
+from jobqueue.dead import DeadFilter
 from jobqueue.errors import PermanentError
 from jobqueue.tasks import JobContext, Retry
-from jobqueue.worker import Worker, WorkerConfig
+from jobqueue.worker import WorkerConfig
 
 DEMO_SCHEMA = "jobqueue_demo"
 # Short backoff so the demo settles in a couple of seconds.
@@ -101,37 +103,25 @@ def run(dsn: str | None, schema: str = DEMO_SCHEMA, timeout: float = 60.0) -> De
         except _Rollback:
             pass
 
-    worker = Worker(app, WorkerConfig(concurrency=4, poll_interval=0.1, handle_signals=False))
+    worker = app.worker(WorkerConfig(concurrency=4, poll_interval=0.1, handle_signals=False))
     thread = threading.Thread(target=worker.run, name="jobqueue-demo-worker", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + timeout
-        with psycopg.connect(real_dsn, autocommit=True) as watch:
-            count = pgsql.SQL("SELECT count(*) FROM {}").format(pgsql.Identifier(schema, "jobs"))
-            while time.monotonic() < deadline:
-                found = watch.execute(count).fetchone()
-                if found is not None and found[0] == 0:
-                    break
-                time.sleep(0.05)
+        while time.monotonic() < deadline and _live_jobs(app):
+            time.sleep(0.05)
     finally:
         worker.request_stop()
         thread.join(timeout=35)
-        app.close()
-
-    with psycopg.connect(real_dsn) as conn:
-        dead = {
-            r[0]: r for r in conn.execute(pgsql.SQL(
-                "SELECT id, task, reason, attempts, errors->-1->>'message' FROM {}").format(
-                    pgsql.Identifier(schema, "dead_jobs"))).fetchall()
-        }
-        ghost = conn.execute(pgsql.SQL("SELECT count(*) FROM {} WHERE id = %s").format(
-            pgsql.Identifier(schema, "jobs")), (rolled_back,)).fetchone()
+    dead = {d.id: d for d in app.dead.list(DeadFilter(include_replayed=True), limit=1000)}
+    ghost = app.store.run(is_live(rolled_back))
+    app.close()
     rows = []
     for job_id in sorted(set(attempts) | set(dead)):
         if job_id in dead:
-            _, task, reason, n, message = dead[job_id]
-            rows.append({"job": job_id, "task": task, "outcome": "dead", "attempts": n,
-                         "detail": f"{reason}: {message}"})
+            d = dead[job_id]
+            rows.append({"job": job_id, "task": d.task, "outcome": "dead", "attempts": d.attempts,
+                         "detail": f"{d.reason}: {d.last_error}"})
         else:
             task, n = attempts[job_id]
             detail = "first try" if n == 1 else f"retried {n - 1}x, then succeeded"
@@ -139,8 +129,12 @@ def run(dsn: str | None, schema: str = DEMO_SCHEMA, timeout: float = 60.0) -> De
                          "detail": detail})
     rows.append({"job": rolled_back, "task": "audit_log", "outcome": "never existed",
                  "attempts": 0, "detail": "enqueued in a transaction that rolled back"})
-    return DemoResult(rows=rows, rolled_back_jobs=int(ghost[0]) if ghost else 0,
+    return DemoResult(rows=rows, rolled_back_jobs=int(bool(ghost)),
                       elapsed=time.monotonic() - started, attempts=attempts)
+
+
+def _live_jobs(app: JobQueue) -> int:
+    return sum(q.queued + q.scheduled + q.running for q in app.stats())
 
 
 class _Rollback(Exception):

@@ -29,12 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql as pgsql
 
-from jobqueue import sql
-from jobqueue.config import describe_dsn
-from jobqueue.db.migrate import current_revision, head_revision
-from jobqueue.overview import QueueOverview, queue_overview
+from jobqueue.config import DEFAULT_WORKER_TIMEOUT, Settings, describe_dsn, migrate_hint
+from jobqueue.db import doctor as ops
+from jobqueue.db import fleet, migrate
+from jobqueue.db.admin import queue_overview
+from jobqueue.db.statement import Op
+from jobqueue.db.store import Store
+from jobqueue.errors import DatabaseError
+from jobqueue.rows import QueueOverview, WorkerBeat
 
 OK, PROBLEM, SKIPPED = "ok", "problem", "skipped"
 
@@ -49,7 +52,7 @@ class Thresholds:
     """When a finding becomes a problem. Ages in seconds."""
 
     max_transaction_age: float = 300.0
-    max_heartbeat_age: float = 30.0
+    max_heartbeat_age: float = DEFAULT_WORKER_TIMEOUT
     max_dead: int = 0
     max_ready_age: float = 300.0
     max_dead_tuple_ratio: float = 0.2
@@ -58,7 +61,7 @@ class Thresholds:
     min_bloat_mb: float = 64.0
     listen_timeout: float = 5.0
     max_notify_queue: float = 0.5
-    worker_timeout: float = 30.0
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
 
 @dataclass
@@ -98,14 +101,17 @@ def diagnose(dsn: str, schema: str, thresholds: Thresholds | None = None,
              connect_timeout: float = 5.0) -> Report:
     """Run every check against ``schema`` in the database at ``dsn``."""
     t = thresholds or Thresholds()
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, int(connect_timeout)),
-                         application_name="jobqueue-doctor") as conn:
-        # The doctor must never become the long transaction or the stuck
-        # statement it looks for.
-        conn.execute("SET statement_timeout = '30s'")
-        conn.execute("SET lock_timeout = '5s'")
-        doctor = _Doctor(conn, dsn, schema, t, connect_timeout)
-        return Report(describe_dsn(dsn), schema, doctor.run())
+    # No schema probe: an unmigrated schema is a finding here, not an error.
+    store = Store(Settings(dsn, schema, connect_timeout=connect_timeout), probe=False)
+    try:
+        with store.connect(autocommit=True, application_name="jobqueue-doctor") as conn:
+            # The doctor must never become the long transaction or the stuck
+            # statement it looks for.
+            store.run(ops.session(), conn)
+            doctor = _Doctor(store, conn, schema, t)
+            return Report(describe_dsn(dsn), schema, doctor.run())
+    finally:
+        store.close()
 
 
 def human(seconds: float | None) -> str:
@@ -129,18 +135,17 @@ def megabytes(n: float) -> str:
 
 
 class _Doctor:
-    def __init__(self, conn: psycopg.Connection[Any], dsn: str, schema: str, t: Thresholds,
-                 connect_timeout: float) -> None:
+    def __init__(self, store: Store, conn: psycopg.Connection[Any], schema: str,
+                 t: Thresholds) -> None:
+        self.store = store
         self.conn = conn
-        self.dsn = dsn
         self.schema = schema
         self.t = t
-        self.connect_timeout = connect_timeout
-        self.table = pgsql.Identifier(schema, "jobs").as_string(None)
         self.overview: list[QueueOverview] | None = None
 
-    def q(self, name: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql.query(name, self.schema), params or {}).fetchall()
+    def q(self, op: Op) -> Any:
+        """One statement on the doctor's connection, through the Store."""
+        return self.store.run(op, self.conn)
 
     def run(self) -> list[Check]:
         checks = [self._guard("migrations", self.migrations)]
@@ -165,39 +170,39 @@ class _Doctor:
     def _guard(self, name: str, fn: Callable[[], Check]) -> Check:
         try:
             return fn()
-        except psycopg.Error as exc:
+        except DatabaseError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return Check(name, PROBLEM, f"could not check: {first}",
                          [f"{name}: could not check: {first}"])
 
     def _overview(self) -> list[QueueOverview]:
         if self.overview is None:
-            self.overview = queue_overview(self.conn, self.schema, self.t.worker_timeout)
+            self.overview = self.q(queue_overview(self.t.worker_timeout))
         return self.overview
 
     # -- the schema ---------------------------------------------------------------------
 
     def migrations(self) -> Check:
-        revision = current_revision(self.conn, self.schema)
-        head = head_revision()
+        revision = self.store.run(migrate.revision(self.schema), self.conn)
+        head = migrate.head_revision()
         details = {"revision": revision, "head": head}
-        flag = f" --schema {self.schema}" if self.schema != "jobqueue" else ""
+        hint = migrate_hint(self.schema)
         if revision is None:
-            line = (f"schema {self.schema!r} is not migrated: run `jobqueue migrate{flag}`")
+            line = (f"schema {self.schema!r} is not migrated: run {hint}")
             return Check("migrations", PROBLEM, line, [line], details)
         if revision != head:
             line = (f"schema {self.schema!r} is at revision {revision}, this jobqueue expects "
-                    f"{head}: run `jobqueue migrate{flag}` (or upgrade jobqueue)")
+                    f"{head}: run {hint} (or upgrade jobqueue)")
             return Check("migrations", PROBLEM, line, [line], details)
         return Check("migrations", OK, f"at head ({head})", details=details)
 
     def autovacuum(self) -> Check:
-        rows = self.q("doctor_autovacuum", {"table": self.table})
-        if not rows:
+        found: ops.AutovacuumSettings | None = self.q(ops.autovacuum(self.schema))
+        if found is None:
             line = f"{self.schema}.jobs does not exist"
             return Check("autovacuum", PROBLEM, line, [line])
-        reloptions, server_autovacuum, track_counts = rows[0]
-        options = dict(o.split("=", 1) for o in (reloptions or []))
+        server_autovacuum, track_counts = found.autovacuum, found.track_counts
+        options = dict(o.split("=", 1) for o in (found.reloptions or []))
         problems = []
         if server_autovacuum != "on":
             problems.append("autovacuum is off for the whole server: dead rows of jobs are "
@@ -223,9 +228,10 @@ class _Doctor:
         return Check("autovacuum", OK, summary, details=details)
 
     def dead_tuples(self) -> Check:
-        rows = self.q("doctor_table", {"table": self.table, "schema": self.schema})
-        live, dead, since_vacuum = (rows[0][0] or 0, rows[0][1] or 0, rows[0][2]) if rows \
-            else (0, 0, None)
+        stats: ops.TableStats | None = self.q(ops.table_stats(self.schema))
+        live = (stats.n_live_tup or 0) if stats else 0
+        dead = (stats.n_dead_tup or 0) if stats else 0
+        since_vacuum = stats.since_vacuum if stats else None
         ratio = dead / (live + dead) if live + dead else 0.0
         details = {"live": live, "dead": dead, "ratio": round(ratio, 4),
                    "seconds_since_vacuum": since_vacuum}
@@ -240,27 +246,26 @@ class _Doctor:
         return Check("dead_tuples", OK, summary, details=details)
 
     def bloat(self) -> Check:
-        rows = self.q("doctor_table", {"table": self.table, "schema": self.schema})
-        if not rows:
+        stats: ops.TableStats | None = self.q(ops.table_stats(self.schema))
+        if stats is None:
             return _skipped("bloat")
-        live, _dead, _since, table_bytes, block, row_width = rows[0]
-        live = max(live or 0, 0)
+        live = max(stats.n_live_tup or 0, 0)
+        table_bytes, block = stats.table_bytes, stats.block_size
         # A heap tuple: 23-byte header (padded to 24), the columns, a 4-byte line
         # pointer. Without statistics (never analyzed) assume a small job row.
-        width = float(row_width) if row_width is not None else 150.0
+        width = float(stats.row_width) if stats.row_width is not None else 150.0
         tuple_bytes = 24 + 8 * math.ceil(width / 8) + 4
         expected = max(1, math.ceil(live * tuple_bytes / (block - 24))) * block
         parts: list[dict[str, Any]] = [{"name": "jobs", "bytes": int(table_bytes),
                   "estimated_waste": max(0, int(table_bytes - expected))}]
-        for name, size, entries, key_width in self.q("doctor_indexes",
-                                                     {"table": self.table,
-                                                      "schema": self.schema}):
+        index_stats: list[ops.IndexStats] = self.q(ops.indexes(self.schema))
+        for index in index_stats:
             # B-tree leaf entry: 8-byte header, the key padded to 8, a line
             # pointer; pages filled to 90 percent; plus the meta and root pages.
-            entry = 8 + 8 * math.ceil(float(key_width or 8) / 8) + 4
-            pages = math.ceil(min(entries, live) * entry / (block * 0.9)) + 2
-            parts.append({"name": name, "bytes": int(size),
-                          "estimated_waste": max(0, int(size - pages * block))})
+            entry = 8 + 8 * math.ceil(float(index.key_width or 8) / 8) + 4
+            pages = math.ceil(min(index.entries, live) * entry / (block * 0.9)) + 2
+            parts.append({"name": index.name, "bytes": int(index.bytes),
+                          "estimated_waste": max(0, int(index.bytes - pages * block))})
         total = sum(p["bytes"] for p in parts)
         waste = sum(p["estimated_waste"] for p in parts)
         ratio = waste / total if total else 0.0
@@ -280,11 +285,13 @@ class _Doctor:
     # -- the database -------------------------------------------------------------------
 
     def transactions(self) -> Check:
-        rows = self.conn.execute(sql.query("doctor_transactions", self.schema)).fetchall()
-        txs = [{"pid": r[0], "user": r[1], "application": r[2], "client": r[3], "state": r[4],
-                "age": round(r[5], 3), "state_age": None if r[6] is None else round(r[6], 3),
-                "holds_xid": r[7] is not None, "xmin_age": r[8], "query": r[9]}
-               for r in rows]
+        open_txs: list[ops.OpenTransaction] = self.q(ops.transactions())
+        txs: list[dict[str, Any]] = [
+            {"pid": r.pid, "user": r.usename, "application": r.application_name,
+             "client": r.client, "state": r.state, "age": round(r.xact_age, 3),
+             "state_age": None if r.state_age is None else round(r.state_age, 3),
+             "holds_xid": r.xid_age is not None, "xmin_age": r.xmin_age, "query": r.query}
+            for r in open_txs]
         old = [tx for tx in txs if tx["age"] > self.t.max_transaction_age]
         details = {"open": len(txs), "oldest": txs[0] if txs else None, "too_old": old}
         if old:
@@ -299,58 +306,62 @@ class _Doctor:
 
     def xmin_horizon(self) -> Check:
         problems = []
-        prepared = self.conn.execute(sql.query("doctor_prepared", self.schema)).fetchall()
-        stale = [p for p in prepared if p[2] > self.t.max_transaction_age]
-        for gid, owner, age, xid_age in stale:
+        prepared: list[ops.PreparedTransaction] = self.q(ops.prepared())
+        stale = [p for p in prepared if p.age > self.t.max_transaction_age]
+        for p in stale:
             problems.append(
-                f"prepared transaction {gid!r} (owner {owner}) has waited {human(age)} for "
-                f"COMMIT PREPARED or ROLLBACK PREPARED, holding the xmin horizon {xid_age:,} "
-                "transactions back")
-        slots = self.conn.execute(sql.query("doctor_slots", self.schema)).fetchall()
-        for name, kind, active, xmin_age, _catalog_age in slots:
-            if xmin_age is not None and not active:
+                f"prepared transaction {p.gid!r} (owner {p.owner}) has waited {human(p.age)} "
+                f"for COMMIT PREPARED or ROLLBACK PREPARED, holding the xmin horizon "
+                f"{p.xid_age:,} transactions back")
+        slots: list[ops.ReplicationSlot] = self.q(ops.slots())
+        for s in slots:
+            if s.xmin_age is not None and not s.active:
                 problems.append(
-                    f"replication slot {name!r} ({kind}) is inactive and holds the xmin "
-                    f"horizon {xmin_age:,} transactions back: vacuum cannot remove dead rows; "
-                    f"drop it (pg_drop_replication_slot) if its consumer is gone")
-        row = self.conn.execute(sql.query("doctor_horizon_backend", self.schema)).fetchone()
-        holders = [("backend", f"pid {row[0]} ({row[1]})", row[2])] if row else []
-        holders += [("prepared", repr(p[0]), p[3]) for p in prepared]
-        holders += [("slot", repr(s[0]), s[3]) for s in slots if s[3] is not None]
-        oldest = max(holders, key=lambda h: h[2] or 0, default=None)
+                    f"replication slot {s.slot_name!r} ({s.slot_type}) is inactive and holds "
+                    f"the xmin horizon {s.xmin_age:,} transactions back: vacuum cannot remove "
+                    f"dead rows; drop it (pg_drop_replication_slot) if its consumer is gone")
+        backend: ops.HorizonBackend | None = self.q(ops.horizon_backend())
+        holders = ([_Holder("backend", f"pid {backend.pid} ({backend.state})", backend.xid_age)]
+                   if backend else [])
+        holders += [_Holder("prepared", repr(p.gid), p.xid_age) for p in prepared]
+        holders += [_Holder("slot", repr(s.slot_name), s.xmin_age) for s in slots
+                    if s.xmin_age is not None]
+        oldest = max(holders, key=lambda h: h.xid_age or 0, default=None)
         details: dict[str, Any] = {
-            "prepared": [{"gid": p[0], "owner": p[1], "age": p[2], "xid_age": p[3]}
+            "prepared": [{"gid": p.gid, "owner": p.owner, "age": p.age, "xid_age": p.xid_age}
                          for p in prepared],
-            "slots": [{"name": s[0], "type": s[1], "active": s[2], "xmin_age": s[3],
-                       "catalog_xmin_age": s[4]} for s in slots],
+            "slots": [{"name": s.slot_name, "type": s.slot_type, "active": s.active,
+                       "xmin_age": s.xmin_age, "catalog_xmin_age": s.catalog_xmin_age}
+                      for s in slots],
             "oldest": None if oldest is None else
-            {"kind": oldest[0], "holder": oldest[1], "xid_age": oldest[2]}}
+            {"kind": oldest.kind, "holder": oldest.holder, "xid_age": oldest.xid_age}}
         if problems:
             return Check("xmin_horizon", PROBLEM, problems[0], problems, details)
         if oldest is None:
             summary = "nothing holds the xmin horizon back"
         else:
-            summary = (f"the xmin horizon is {oldest[2] or 0:,} transactions old, held by "
-                       f"{oldest[0]} {oldest[1]}; {len(slots)} replication slot(s), "
+            summary = (f"the xmin horizon is {oldest.xid_age or 0:,} transactions old, held by "
+                       f"{oldest.kind} {oldest.holder}; {len(slots)} replication slot(s), "
                        f"{len(prepared)} prepared transaction(s)")
         return Check("xmin_horizon", OK, summary, details=details)
 
     def listen(self) -> Check:
         channel = f"jobqueue_doctor_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.dsn, autocommit=True,
-                             connect_timeout=max(1, int(self.connect_timeout)),
-                             application_name="jobqueue-doctor-listen") as listener:
-            listener.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(channel)))
+        with self.store.connect(autocommit=True,
+                                application_name="jobqueue-doctor-listen") as listener:
+            self.store.run(fleet.listen(channel), listener)
             sent = time.monotonic()
-            self.conn.execute(sql.query("probe_notify", self.schema),
-                              {"channel": channel, "payload": "doctor"})
+            self.store.run(fleet.probe_notify(channel, "doctor"), self.conn)
             received = None
-            for note in listener.notifies(timeout=self.t.listen_timeout, stop_after=1):
-                if note.channel == channel:
-                    received = time.monotonic() - sent
-                    break
-        usage_row = self.conn.execute(sql.query("doctor_notify_queue", self.schema)).fetchone()
-        usage = float(usage_row[0]) if usage_row else 0.0
+            # Reading notifications is psycopg, not a statement: the Store still
+            # turns a dropped connection into the DatabaseError _guard reports.
+            with self.store.errors():
+                for note in listener.notifies(timeout=self.t.listen_timeout, stop_after=1):
+                    if note.channel == channel:
+                        received = time.monotonic() - sent
+                        break
+        found: float | None = self.q(ops.notify_queue())
+        usage = float(found) if found is not None else 0.0
         details = {"round_trip": received, "notify_queue_usage": usage}
         problems = []
         if received is None:
@@ -369,9 +380,10 @@ class _Doctor:
     # -- the queue ----------------------------------------------------------------------
 
     def workers(self) -> Check:
-        rows = self.q("worker_heartbeats")
-        workers = [{"id": r[0], "hostname": r[1], "pid": r[2], "queues": list(r[3]),
-                    "heartbeat_age": round(r[5], 3)} for r in rows]
+        beats: list[WorkerBeat] = self.q(fleet.worker_heartbeats())
+        workers: list[dict[str, Any]] = [
+            {"id": b.id, "hostname": b.hostname, "pid": b.pid, "queues": list(b.queues),
+             "heartbeat_age": round(b.age, 3)} for b in beats]
         stale = [w for w in workers if w["heartbeat_age"] > self.t.max_heartbeat_age]
         details = {"workers": workers, "stale": stale}
         if stale:
@@ -426,6 +438,15 @@ class _Doctor:
         worst = max(rows, key=lambda q: q.oldest_age or 0)
         return Check("oldest_ready", OK, f"the oldest ready job ({worst.queue}) has waited "
                      f"{human(worst.oldest_age)}", details=details)
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    """Something that holds the xmin horizon back, and by how many transactions."""
+
+    kind: str
+    holder: str
+    xid_age: int | None
 
 
 def _skipped(name: str) -> Check:

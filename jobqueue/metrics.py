@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from jobqueue.overview import QueueOverview
+from jobqueue.rows import QueueOverview, WorkerBeat
 
 # Handler durations: from a quick async call to a long batch job.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -51,18 +51,6 @@ class ListenerLike(Protocol):
     healthy: bool
     degradations: int
     probe_seconds: float | None
-
-
-@dataclass(frozen=True)
-class WorkerBeat:
-    """One row of ``workers`` as the gauge leader last saw it."""
-
-    id: str
-    hostname: str
-    pid: int
-    queues: list[str]
-    heartbeat_at: float  # epoch seconds
-    age: float
 
 
 @dataclass

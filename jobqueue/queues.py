@@ -8,65 +8,24 @@ workers also re-read them every second in case they missed the NOTIFY.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import psycopg
-
-from jobqueue import sql
+from jobqueue.db import admin, jobs
+from jobqueue.db.store import Store
 from jobqueue.errors import JobQueueError
-
-if TYPE_CHECKING:
-    from jobqueue.app import JobQueue
-
-SETTINGS_CHANGED = "settings"
-_CANCEL_PREFIX = "cancel:"
-
-
-def cancel_message(job_id: int) -> str:
-    return f"{_CANCEL_PREFIX}{job_id}"
-
-
-def parse_cancel(message: str) -> int | None:
-    """The job id of a cancel message, or None for any other control message."""
-    if message.startswith(_CANCEL_PREFIX) and message[len(_CANCEL_PREFIX):].isdigit():
-        return int(message[len(_CANCEL_PREFIX):])
-    return None
-
-
-@dataclass(frozen=True)
-class QueueSettings:
-    name: str
-    paused: bool = False
-    max_running: int | None = None
-    rate_limit: int | None = None
-    rate_period: float | None = None
-
-    @property
-    def limited(self) -> bool:
-        return self.max_running is not None or self.rate_limit is not None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from jobqueue.protocol import control_channel
+from jobqueue.rows import QueueSettings
 
 
 class QueueControls:
     """``app.queues``: pause, resume and limit queues fleet-wide."""
 
-    def __init__(self, app: JobQueue) -> None:
-        self.app = app
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
-    def _announce(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(sql.query("notify", self.app.schema),
-                     {"channel": self.app.settings.control_channel,
-                      "message": SETTINGS_CHANGED})
-
-    def _apply(self, name: str, params: dict[str, Any], conn: Any) -> None:
-        def run(c: psycopg.Connection[Any]) -> None:
-            c.execute(sql.query(name, self.app.schema), params)
-            self._announce(c)
-
-        self.app._run_sync(conn, run)
+    def _apply(self, statement: str, params: dict[str, Any], conn: Any) -> None:
+        self.store.run(admin.set_queue(statement, params, control_channel(self.store.schema)),
+                       conn)
 
     def pause(self, queue: str, *, conn: Any = None) -> None:
         """Stop every worker from claiming from ``queue`` (running jobs finish)."""
@@ -92,9 +51,5 @@ class QueueControls:
 
     def settings(self, queues: list[str] | None = None, *,
                  conn: Any = None) -> list[QueueSettings]:
-        def run(c: psycopg.Connection[Any]) -> list[QueueSettings]:
-            rows = c.execute(sql.query("queue_settings", self.app.schema),
-                             {"queues": queues}).fetchall()
-            return [QueueSettings(*row) for row in rows]
-
-        return self.app._run_sync(conn, run)
+        found: list[QueueSettings] = self.store.run(jobs.queue_settings(queues), conn)
+        return found

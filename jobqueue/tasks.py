@@ -15,9 +15,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypedDict
 
+from jobqueue.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from jobqueue.errors import PermanentError, RetryAfter
+from jobqueue.outcome import DeadReason, ErrorEntry, Outcome
+from jobqueue.rows import ClaimedJob
 
 
 class Decision(Enum):
@@ -63,23 +66,53 @@ class Retry:
             return ceiling
         return (rng or random).uniform(0.0, ceiling)
 
-    def decide(self, exc: BaseException, attempt: int, max_attempts: int) -> tuple[Decision, str]:
+    def decide(self, exc: BaseException, attempt: int,
+               max_attempts: int) -> tuple[Decision, DeadReason | None]:
         """Retry or dead-letter after ``exc`` on ``attempt``; with a reason when dead."""
         if isinstance(exc, (PermanentError, *self.dead_on)):
-            return Decision.DEAD, "permanent"
+            return Decision.DEAD, DeadReason.PERMANENT
         if not isinstance(exc, (RetryAfter, asyncio.TimeoutError, TimeoutError)) and not isinstance(
             exc, self.retry_on
         ):
-            return Decision.DEAD, "permanent"
+            return Decision.DEAD, DeadReason.PERMANENT
         if attempt >= max_attempts:
             timed_out = isinstance(exc, (asyncio.TimeoutError, TimeoutError))
-            return Decision.DEAD, "timeout" if timed_out else "exhausted"
-        return Decision.RETRY, ""
+            return Decision.DEAD, DeadReason.TIMEOUT if timed_out else DeadReason.EXHAUSTED
+        return Decision.RETRY, None
+
+    def outcome(self, job: ClaimedJob, exc: BaseException, duration: float,
+                worker_id: str) -> Outcome:
+        """What the failed attempt of ``job`` comes to: a retry after the backoff, or dead."""
+        decision, reason = self.decide(exc, job.attempts, job.max_attempts)
+        error = ErrorEntry.of_exception(job.attempts, worker_id, exc)
+        if decision is Decision.RETRY:
+            return Outcome.retry(job, duration, self.delay_for(exc, job.attempts), error)
+        assert reason is not None
+        return Outcome.dead(job, duration, reason, error)
 
     def delay_for(self, exc: BaseException, attempt: int) -> float:
         if isinstance(exc, RetryAfter):
             return exc.seconds
         return self.backoff(attempt)
+
+
+class TaskOptions(TypedDict, total=False):
+    """What ``@app.task(...)`` takes; each unset option falls back to the app's default."""
+
+    #: The task's name (default: the function's ``__name__``); unique in an app.
+    name: str | None
+    #: The queue its jobs go to unless enqueue says otherwise.
+    queue: str | None
+    #: Lower runs first.
+    priority: int
+    #: Attempts before a job is dead.
+    max_attempts: int | None
+    #: Seconds an attempt may run; a sync handler with one runs in a killable child.
+    timeout: float | None
+    #: When and how soon to retry (default: the app's ``default_retry``).
+    retry: Retry | None
+    #: Call the handler with a :class:`JobContext` first.
+    pass_context: bool
 
 
 @dataclass
@@ -107,8 +140,8 @@ class Task:
     fn: Callable[..., Any]
     name: str
     queue: str
-    priority: int = 0
-    max_attempts: int = 5
+    priority: int = DEFAULT_PRIORITY
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float | None = None
     retry: Retry = field(default_factory=Retry)
     pass_context: bool = False

@@ -42,7 +42,7 @@ def worker_thread(app: JobQueue, **config: Any) -> Iterator[Worker]:
     """Run a worker in a background thread; stop it gracefully on exit."""
     config.setdefault("handle_signals", False)
     config.setdefault("poll_interval", 0.2)
-    worker = Worker(app, WorkerConfig(**config))
+    worker = app.worker(WorkerConfig(**config))
     errors: list[BaseException] = []
 
     def target() -> None:

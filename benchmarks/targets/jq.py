@@ -177,11 +177,11 @@ class JobQueueTarget(Target):
 
 def work(spec: dict[str, Any], probe: Any) -> dict[str, Any]:
     from jobqueue.log import configure
-    from jobqueue.worker import Worker, WorkerConfig
+    from jobqueue.worker import WorkerConfig
 
     configure(level="warning", force=True)
     app = build_app(spec["dsn"], spec["schema"], probe)
-    worker = Worker(app, WorkerConfig(
+    worker = app.worker(WorkerConfig(
         queues=("default",), concurrency=spec["concurrency"], batch_size=spec["batch_size"],
         burst=spec["mode"] == "burst", handle_signals=False))
     probe.on_stop(worker.request_stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -14,22 +15,19 @@ queue_app = typer.Typer(help="Pause, resume and limit queues for every worker.",
 Name = Annotated[str, typer.Argument(help="Queue name.")]
 
 
-@queue_app.command("pause")
-def pause_cmd(name: Name, dsn: Dsn = None, schema: Schema = None) -> None:
-    """Stop claiming from NAME on every worker (running jobs finish)."""
-    jq = plain_app(dsn, schema)
-    with jq.connect() as conn:
-        jq.queues.pause(name, conn=conn)
-    typer.echo(f"queue {name!r} paused")
+def _pausing(paused: bool) -> Callable[..., None]:
+    def command(name: Name, dsn: Dsn = None, schema: Schema = None) -> None:
+        jq = plain_app(dsn, schema)
+        with jq.connect() as conn:
+            (jq.queues.pause if paused else jq.queues.resume)(name, conn=conn)
+        typer.echo(f"queue {name!r} {'paused' if paused else 'resumed'}")
+
+    return command
 
 
-@queue_app.command("resume")
-def resume_cmd(name: Name, dsn: Dsn = None, schema: Schema = None) -> None:
-    """Let workers claim from NAME again."""
-    jq = plain_app(dsn, schema)
-    with jq.connect() as conn:
-        jq.queues.resume(name, conn=conn)
-    typer.echo(f"queue {name!r} resumed")
+queue_app.command("pause", help="Stop claiming from NAME on every worker (running jobs "
+                  "finish).")(_pausing(True))
+queue_app.command("resume", help="Let workers claim from NAME again.")(_pausing(False))
 
 
 @queue_app.command("limit")

@@ -8,7 +8,7 @@ import typer
 
 from jobqueue.cli.options import Dsn, Json, Schema, plain_app
 from jobqueue.cli.output import emit_json, table
-from jobqueue.cron import stored_schedules
+from jobqueue.db.admin import stored_schedules
 
 app = typer.Typer(help="Periodic jobs: the schedules the workers fire.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def list_cmd(dsn: Dsn = None, schema: Schema = None, as_json: Json = False) -> N
     """
     jq = plain_app(dsn, schema)
     with jq.connect() as conn:
-        rows = stored_schedules(conn, jq.settings)
+        rows = jq.store.run(stored_schedules(), conn)
     if as_json:
         emit_json([r.as_dict() for r in rows])
         return

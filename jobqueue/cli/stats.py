@@ -15,8 +15,8 @@ import typer
 from jobqueue.app import JobQueue
 from jobqueue.cli.options import Dsn, Json, Schema, plain_app
 from jobqueue.cli.output import age, emit_json, table
-from jobqueue.enqueue import probe_schema
-from jobqueue.overview import QueueOverview, queue_overview
+from jobqueue.errors import DatabaseError
+from jobqueue.rows import QueueOverview
 
 HEADERS = ["queue", "ready", "scheduled", "running", "dead", "oldest ready", "jobs/s", "paused"]
 # Clear the screen and go home: a refreshing table, like top or watch(1).
@@ -32,8 +32,8 @@ def render(rows: list[QueueOverview]) -> str:
 
 
 def read(jq: JobQueue, conn: psycopg.Connection[Any]) -> list[QueueOverview]:
-    probe_schema(conn, jq.settings)  # "not migrated: run jobqueue migrate", not a SQL error
-    return queue_overview(conn, jq.schema)
+    # The store checks the schema first: "not migrated: run jobqueue migrate", not a SQL error.
+    return jq.stats(conn)
 
 
 def register(app: typer.Typer) -> None:
@@ -78,10 +78,11 @@ def _watch(jq: JobQueue, as_json: bool, interval: float, count: int | None) -> N
                     conn.autocommit = True  # a watch must not hold a transaction open
                 rows: list[QueueOverview] | None = read(jq, conn)
                 error = None
-            except psycopg.OperationalError as exc:
+            except DatabaseError as exc:
+                if not str(exc).startswith("database unavailable"):
+                    raise
                 # Keep watching through a restart or a network blip.
-                rows, error = None, str(exc).strip().splitlines()[0] if str(exc).strip() \
-                    else type(exc).__name__
+                rows, error = None, str(exc).removeprefix("database unavailable: ")
                 if conn is not None:
                     conn.close()
                     conn = None

@@ -11,7 +11,7 @@ import typer
 from jobqueue.cli.options import AppPath, Dsn, Schema, load_app
 from jobqueue.cli.output import fail
 from jobqueue.errors import ConfigError
-from jobqueue.worker import Worker, WorkerConfig
+from jobqueue.worker import WorkerConfig
 
 
 def parse_queues(text: str) -> tuple[tuple[str, ...], dict[str, float] | None]:
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
             batch_size=batch_size, metrics_port=metrics_port, metrics_addr=metrics_addr,
             metrics_interval=metrics_interval, queue_weights=weights, fair_every=fair_every)
-        worker = Worker(queue, config)
+        worker = queue.worker(config)
         worker.run()
         if worker.abandoned_threads:
             # Sync handlers still running past the grace: their jobs are already

@@ -8,7 +8,6 @@ migration tool take the SQL from :func:`sql_script` (``jobqueue migrate --sql``)
 
 from __future__ import annotations
 
-import hashlib
 import io
 import threading
 from pathlib import Path
@@ -16,16 +15,17 @@ from typing import Any
 
 import psycopg
 
-import jobqueue
-from jobqueue.errors import ConfigError, DatabaseError
+from jobqueue.db.statement import Procedure, scalar
+from jobqueue.db.store import database_error, run_sync
+from jobqueue.errors import ConfigError
+from jobqueue.protocol import advisory_key
 
 VERSION_TABLE = "jobqueue_alembic_version"
 def migrate_lock_key(schema: str) -> int:
     """The advisory lock that serialises concurrent `jobqueue migrate` runs on one
     schema (say, every worker of a fleet migrating on deploy): the second waits,
     then finds nothing left to do. Per schema, so unrelated schemas never wait."""
-    digest = hashlib.blake2b(f"jobqueue:{schema}:migrate".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key(schema, "migrate")
 # Alembic keeps the running command in module globals (alembic.context, alembic.op):
 # two threads migrating at once would run each other's env.py on each other's
 # connection and deadlock while holding the advisory lock. One command at a time.
@@ -34,7 +34,7 @@ _ALEMBIC_LOCK = threading.Lock()
 
 def migrations_dir() -> Path:
     """The Alembic environment: inside the installed wheel, or at the repo top."""
-    package = Path(jobqueue.__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     for candidate in (package / "migrations", package.parent / "migrations"):
         if (candidate / "env.py").is_file():
             return candidate
@@ -73,13 +73,12 @@ def upgrade(dsn: str, schema: str, revision: str = "head") -> None:
             with _ALEMBIC_LOCK:
                 command.upgrade(cfg, revision)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"database unavailable: {str(exc).strip().splitlines()[0]}") from None
+        raise database_error(exc) from None
     except DBAPIError as exc:
         # SQLAlchemy wraps the driver's error when the first connect fails.
         if not isinstance(exc.orig, psycopg.OperationalError):
             raise
-        first = str(exc.orig).strip().splitlines()[0]
-        raise DatabaseError(f"database unavailable: {first}") from None
+        raise database_error(exc.orig) from None
     finally:
         engine.dispose()
 
@@ -95,16 +94,18 @@ def sql_script(schema: str, revision: str = "head") -> str:
     return buffer.getvalue()
 
 
-def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
+def revision(schema: str) -> Procedure[str | None]:
     """The applied revision in ``schema``, or None if jobqueue was never migrated there."""
     table = psycopg.sql.Identifier(schema, VERSION_TABLE).as_string(None)
-    row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-    if not row or row[0] is None:
+    if not (yield scalar("version_table_probe", {"table": table})):
         return None
-    query = psycopg.sql.SQL("SELECT version_num FROM {}").format(
-        psycopg.sql.Identifier(schema, VERSION_TABLE))
-    found = conn.execute(query).fetchone()
-    return str(found[0]) if found else None
+    found = yield scalar("schema_revision")
+    return None if found is None else str(found)
+
+
+def current_revision(conn: psycopg.Connection[Any], schema: str) -> str | None:
+    """:func:`revision` on ``conn``."""
+    return run_sync(conn, schema, revision(schema))
 
 
 def head_revision() -> str:

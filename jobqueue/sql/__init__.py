@@ -46,6 +46,11 @@ def query(name: str, schema: str) -> sql.Composed:
     Statements named ``fragment_X`` are shared pieces, not statements: others
     include them as ``{X}``.
     """
+    return compose(name, schema)
+
+
+def compose(name: str, schema: str, **identifiers: str) -> sql.Composed:
+    """:func:`query` with more identifiers (a LISTEN channel), uncached."""
     statements = _statements()
     try:
         text = statements[name]
@@ -54,7 +59,8 @@ def query(name: str, schema: str) -> sql.Composed:
     ident = sql.Identifier(schema)
     fragments = {key.removeprefix("fragment_"): sql.SQL(body).format(schema=ident)
                  for key, body in statements.items() if key.startswith("fragment_")}
-    return sql.SQL(text).format(schema=ident, **fragments)
+    idents = {key: sql.Identifier(value) for key, value in identifiers.items()}
+    return sql.SQL(text).format(schema=ident, **fragments, **idents)
 
 
 def schema_revision_text(revision: str, schema: str) -> str:

@@ -6,6 +6,14 @@
 -- raises, so probing cannot poison a caller's transaction.
 SELECT to_regclass(%(table)s) IS NOT NULL AS migrated;
 
+-- name: version_table_probe
+-- Whether jobqueue's Alembic version table exists in the schema (to_regclass
+-- never raises on a missing table).
+SELECT to_regclass(%(table)s) IS NOT NULL AS present;
+
+-- name: schema_revision
+SELECT version_num FROM {schema}.jobqueue_alembic_version;
+
 -- name: insert_job
 -- One statement inserts and notifies, so it is atomic even on an autocommit
 -- connection, and the NOTIFY is delivered exactly when the job commits.
@@ -20,10 +28,13 @@ WITH job AS (
             %(max_attempts)s, %(unique_key)s, %(correlation_id)s::text, %(lock_key)s::text)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id, queue, run_at
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, job.queue)) AS n FROM job WHERE job.run_at <= now()
 )
-SELECT job.id,
-       CASE WHEN job.run_at <= now() THEN pg_notify(%(channel)s, job.queue) END
-FROM job;
+SELECT job.id FROM job CROSS JOIN notified;
+
+-- name: job_is_live
+SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE id = %(id)s);
 
 -- name: find_unique_job
 SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s;
@@ -89,7 +100,8 @@ CROSS JOIN LATERAL (
 -- The locked_by guard: only the worker holding a job's lease may finish it.
 -- A worker that lost its lease (rescued as crashed) changes nothing.
 DELETE FROM {schema}.jobs
-WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker_id)s;
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker_id)s
+RETURNING id;
 
 -- name: ack_retry
 UPDATE {schema}.jobs AS j
@@ -102,7 +114,8 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(delays)s::float8[],
             %(errors)s::jsonb[]) AS u(id, attempt, delay, error)
 -- The attempt guard makes a re-sent flush harmless even if this worker has
 -- claimed the same job again in the meantime.
-WHERE j.id = u.id AND j.locked_by = %(worker_id)s AND j.attempts = u.attempt;
+WHERE j.id = u.id AND j.locked_by = %(worker_id)s AND j.attempts = u.attempt
+RETURNING j.id;
 
 -- name: ack_dead
 -- Moving a job to dead_jobs is one statement: the DELETE and the INSERT commit
@@ -112,26 +125,22 @@ WITH gone AS (
     USING unnest(%(ids)s::bigint[], %(reasons)s::text[], %(errors)s::jsonb[])
           AS u(id, reason, error)
     WHERE j.id = u.id AND j.locked_by = %(worker_id)s
-    RETURNING j.id, j.queue, j.task, j.args, j.priority, j.run_at, j.attempts,
-              j.max_attempts, j.unique_key, j.cron_name, j.replay_of, j.created_at,
-              j.lock_key, j.correlation_id,
-              CASE WHEN u.error IS NULL THEN j.errors
-                   ELSE j.errors || jsonb_build_array(u.error) END AS errors,
-              u.reason
+    RETURNING j.*, u.reason, u.error AS new_error
 )
-INSERT INTO {schema}.dead_jobs (id, queue, task, args, priority, run_at, attempts,
-                                max_attempts, unique_key, cron_name, replay_of,
-                                created_at, errors, reason, lock_key, correlation_id)
-SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
-       cron_name, replay_of, created_at, errors, reason, lock_key, correlation_id
-FROM gone;
+INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
+SELECT {dead_columns},
+       CASE WHEN new_error IS NULL THEN errors ELSE errors || jsonb_build_array(new_error) END,
+       reason
+FROM gone
+RETURNING id;
 
 -- name: release_jobs
 -- Graceful shutdown: hand unfinished jobs back without counting the attempt
--- the claim had counted.
+-- the claim had counted; these ids, or (NULL) all of the worker's.
 UPDATE {schema}.jobs
 SET state = 'queued', attempts = attempts - 1, locked_by = NULL, locked_until = NULL
 WHERE locked_by = %(worker_id)s AND state = 'running'
+  AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 RETURNING id;
 
 -- name: register_worker
@@ -160,6 +169,14 @@ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker_id)s AND state = 'run
 -- Jobs cancelled while running: the fallback when the NOTIFY was missed.
 RETURNING id, cancel_requested;
 
+-- name: worker_session
+-- Worker connections (see worker/worker.py for why each is safe and worth it).
+SELECT set_config('synchronous_commit', 'off', false),
+       set_config('plan_cache_mode', 'force_custom_plan', false);
+
+-- name: listen
+LISTEN {channel};
+
 -- name: heartbeat_worker
 UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURNING id;
 
@@ -187,6 +204,20 @@ WHERE greatest(w.heartbeat_at, pg_postmaster_start_time())
              AND (a.backend_start IS NULL OR a.backend_start = w.backend_start)))
 RETURNING w.id;
 
+-- name: fragment_dead_columns
+-- The columns a job takes with it into dead_jobs (besides errors and reason),
+-- listed once for every statement that moves jobs there.
+id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key, cron_name,
+replay_of, created_at, lock_key, correlation_id
+
+-- name: fragment_error_entry
+-- One element of a job's errors array built in SQL, for a job whose attempt
+-- ended without a worker to report it (a lost worker, a cancel while queued):
+-- the shape of jobqueue.outcome.ErrorEntry, its type and message passed in.
+jsonb_build_object('at', now(), 'attempt', attempts, 'worker', locked_by,
+                   'type', %(error_type)s::text, 'message', %(error_message)s::text,
+                   'traceback', NULL)
+
 -- name: rescue_dead
 -- Jobs of a lost worker count the attempt that crashed; those out of attempts
 -- are dead with reason 'crashed', so a job that kills its worker cannot
@@ -199,16 +230,8 @@ WITH gone AS (
            OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.locked_by))
     RETURNING j.*
 )
-INSERT INTO {schema}.dead_jobs (id, queue, task, args, priority, run_at, attempts,
-                                max_attempts, unique_key, cron_name, replay_of,
-                                created_at, errors, reason, lock_key, correlation_id)
-SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
-       cron_name, replay_of, created_at,
-       errors || jsonb_build_array(jsonb_build_object(
-           'at', now(), 'attempt', attempts, 'worker', locked_by, 'type', 'WorkerLost',
-           'message', 'the worker running this job died or lost its lease',
-           'traceback', NULL)),
-       'crashed', lock_key, correlation_id
+INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
+SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'crashed'
 FROM gone
 RETURNING id;
 
@@ -218,10 +241,7 @@ SET state = 'queued',
     run_at = now(),
     locked_by = NULL,
     locked_until = NULL,
-    errors = j.errors || jsonb_build_array(jsonb_build_object(
-        'at', now(), 'attempt', j.attempts, 'worker', j.locked_by, 'type', 'WorkerLost',
-        'message', 'the worker running this job died or lost its lease',
-        'traceback', NULL))
+    errors = j.errors || jsonb_build_array({error_entry})
 WHERE j.state = 'running'
   AND (j.locked_until < now()
        OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.locked_by))
@@ -331,15 +351,8 @@ WITH gone AS (
     DELETE FROM {schema}.jobs WHERE id = %(id)s AND state = 'queued'
     RETURNING *
 )
-INSERT INTO {schema}.dead_jobs (id, queue, task, args, priority, run_at, attempts,
-                                max_attempts, unique_key, cron_name, replay_of, created_at,
-                                errors, reason, lock_key, correlation_id)
-SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
-       cron_name, replay_of, created_at,
-       errors || jsonb_build_array(jsonb_build_object(
-           'at', now(), 'attempt', attempts, 'worker', NULL, 'type', 'Cancelled',
-           'message', 'cancelled while queued', 'traceback', NULL)),
-       'cancelled', lock_key, correlation_id
+INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
+SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'cancelled'
 FROM gone
 RETURNING id;
 
@@ -348,7 +361,7 @@ RETURNING id;
 -- its next heartbeat when LISTEN is down.
 UPDATE {schema}.jobs SET cancel_requested = true
 WHERE id = %(id)s AND state = 'running'
-RETURNING locked_by;
+RETURNING id;
 
 -- ==== operations ====
 -- Counters, the per-queue overview behind `stats` and the metrics gauges,
@@ -413,14 +426,14 @@ WITH live AS (
     UNION SELECT name FROM {schema}.queues
 )
 SELECT names.queue,
-       COALESCE(live.ready, 0) AS ready,
+       COALESCE(live.ready, 0) AS queued,
        COALESCE(live.scheduled, 0) AS scheduled,
        COALESCE(live.running, 0) AS running,
        COALESCE(dead.dead, 0) AS dead,
        live.oldest_age,
-       COALESCE(done.succeeded, 0) AS succeeded_1m,
-       COALESCE(done.retried, 0) AS retried_1m,
-       COALESCE(done.dead, 0) AS dead_1m,
+       COALESCE(done.succeeded, 0)::bigint AS succeeded_1m,
+       COALESCE(done.retried, 0)::bigint AS retried_1m,
+       COALESCE(done.dead, 0)::bigint AS dead_1m,
        extract(epoch FROM now() - span.since)::float8 AS span_seconds,
        COALESCE(q.paused, false) AS paused,
        COALESCE(served.workers, 0) AS workers
@@ -446,6 +459,12 @@ ORDER BY id;
 -- mode.)
 SELECT pg_try_advisory_lock(%(key)s);
 
+-- name: doctor_session
+-- The doctor's own session: its statements and lock waits are bounded, so it
+-- never becomes the long transaction or the stuck statement it looks for.
+SELECT set_config('statement_timeout', '30s', false),
+       set_config('lock_timeout', '5s', false);
+
 -- name: doctor_autovacuum
 SELECT c.reloptions, current_setting('autovacuum') AS autovacuum,
        current_setting('track_counts') AS track_counts
@@ -469,7 +488,7 @@ WHERE c.oid = to_regclass(%(table)s);
 -- name: doctor_indexes
 -- Per index of jobs: its size, its entry count as of the last vacuum or
 -- analyze, and the average width of its key columns (from pg_stats).
-SELECT ic.relname, pg_relation_size(i.indexrelid) AS bytes,
+SELECT ic.relname AS name, pg_relation_size(i.indexrelid) AS bytes,
        greatest(ic.reltuples, 0)::float8 AS entries,
        (SELECT sum(COALESCE(st.avg_width, 8))
         FROM unnest(i.indkey) AS k(attnum)
@@ -526,7 +545,7 @@ FROM pg_replication_slots
 ORDER BY slot_name;
 
 -- name: doctor_notify_queue
-SELECT pg_notification_queue_usage();
+SELECT pg_notification_queue_usage() AS usage;
 
 -- name: probe_notify
 -- The listener's self-check: a NOTIFY from another session on the worker's

@@ -1,5 +1,5 @@
 """The worker process and its services (fetcher, executor, completer, heartbeat,
-listener, maintenance)."""
+listener, maintenance, scheduler, gauges)."""
 
 from jobqueue.worker.worker import Worker, WorkerConfig
 

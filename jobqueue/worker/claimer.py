@@ -7,9 +7,7 @@ Three things shape a claim, all shared by the whole fleet through Postgres:
   transaction that first takes that queue's advisory lock, then counts what
   runs (or what started in the current window) and claims only the rest. The
   lock makes the count and the claim one step for the fleet: two workers can
-  never both see "one slot free" and both take it. The count runs in a
-  statement *after* the lock is granted, so its snapshot includes every claim
-  committed by the previous holder;
+  never both see "one slot free" and both take it (:func:`jobqueue.db.jobs.claim`);
 - **order**: with queue weights the queues are ranked by a weighted draw for
   each claim (a queue of weight 3 comes first three times as often as one of
   weight 1); without weights ready jobs of all queues are merged by priority.
@@ -19,25 +17,20 @@ Three things shape a claim, all shared by the whole fleet through Postgres:
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import psycopg
-
-from jobqueue import sql
-from jobqueue.queues import QueueSettings
-from jobqueue.worker.jobs import ClaimedJob
+from jobqueue.db import jobs
+from jobqueue.db.store import AsyncStore
+from jobqueue.protocol import advisory_key
+from jobqueue.rows import OPEN_QUEUE, ClaimedJob, QueueSettings
 
 SETTINGS_TTL = 1.0  # seconds: how stale a pause or a limit may be without a NOTIFY
 
 
 def queue_lock_key(schema: str, queue: str) -> int:
-    digest = hashlib.blake2b(f"jobqueue:{schema}:queue:{queue}".encode(),
-                             digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key(schema, "queue", queue)
 
 
 @dataclass
@@ -60,14 +53,14 @@ class Claimer:
     @property
     def active(self) -> list[str]:
         """The worker's queues that are not paused, each once, in configured order."""
-        return [q for q in dict.fromkeys(self.queues) if not self.settings.get(q, _OPEN).paused]
+        return [q for q in dict.fromkeys(self.queues)
+                if not self.settings.get(q, OPEN_QUEUE).paused]
 
-    async def refresh(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def refresh(self, store: AsyncStore) -> None:
         if time.monotonic() - self._loaded_at < SETTINGS_TTL:
             return
-        cur = await conn.execute(sql.query("queue_settings", self.schema),
-                                 {"queues": list(self.queues)})
-        self.settings = {row[0]: QueueSettings(*row) for row in await cur.fetchall()}
+        found: list[QueueSettings] = await store.run(jobs.queue_settings(self.queues))
+        self.settings = {s.name: s for s in found}
         self._loaded_at = time.monotonic()
 
     def order(self, queues: list[str]) -> list[str]:
@@ -79,40 +72,22 @@ class Claimer:
                  for q in queues]
         return [q for _, q in sorted(zip(keyed, queues, strict=True), reverse=True)]
 
-    async def claim(self, conn: psycopg.AsyncConnection[Any], limit: int) -> list[ClaimedJob]:
-        await self.refresh(conn)
+    def request(self, limit: int) -> jobs.ClaimRequest | None:
+        """The next claim of at most ``limit`` jobs; None while every queue is paused."""
         queues = self.order(self.active)
         if not queues:
-            return []
+            return None
         self._claims += 1
-        oldest = self.fair_every > 0 and self._claims % self.fair_every == 0
-        statement = sql.query("claim_oldest" if oldest else "claim", self.schema)
-        params: dict[str, Any] = {
-            "worker_id": self.worker_id, "lease": self.lease, "limit": limit,
-            "ranked": bool(self.weights)}
-        limited = [q for q in queues if self.settings.get(q, _OPEN).limited]
-        if not limited:
-            params |= {"queues": queues, "limits": [limit] * len(queues)}
-            cur = await conn.execute(statement, params)
-            return [ClaimedJob(*row) for row in await cur.fetchall()]
-        async with conn.transaction():
-            # Sorted, so two workers serving overlapping queues lock in the same
-            # order and cannot deadlock.
-            for key in sorted(queue_lock_key(self.schema, q) for q in limited):
-                await conn.execute(sql.query("advisory_xact_lock", self.schema), {"key": key})
-            cur = await conn.execute(sql.query("queue_capacity", self.schema),
-                                     {"queues": limited})
-            capacity = {row[0]: int(row[1]) for row in await cur.fetchall()}
-            limits = [min(limit, capacity.get(q, limit)) for q in queues]
-            params |= {"queues": queues, "limits": limits}
-            cur = await conn.execute(statement, params)
-            jobs = [ClaimedJob(*row) for row in await cur.fetchall()]
-            rated = [q for q in limited if self.settings[q].rate_limit is not None]
-            if rated and jobs:
-                counts = {q: sum(1 for j in jobs if j.queue == q) for q in rated}
-                await conn.execute(sql.query("queue_window_add", self.schema), {
-                    "queues": list(counts), "counts": list(counts.values())})
-        return jobs
+        limited = [q for q in queues if self.settings.get(q, OPEN_QUEUE).limited]
+        return jobs.ClaimRequest(
+            worker_id=self.worker_id, lease=self.lease, limit=limit, queues=queues,
+            ranked=bool(self.weights),
+            oldest=self.fair_every > 0 and self._claims % self.fair_every == 0,
+            limited=limited,
+            lock_keys=sorted(queue_lock_key(self.schema, q) for q in limited),
+            rated=[q for q in limited if self.settings[q].rate_limit is not None])
 
-
-_OPEN = QueueSettings(name="")
+    async def claim(self, store: AsyncStore, limit: int) -> list[ClaimedJob]:
+        await self.refresh(store)
+        request = self.request(limit)
+        return [] if request is None else await store.run(jobs.claim(request))

@@ -1,9 +1,12 @@
-"""The executor: runs handlers, at most ``concurrency`` at a time.
+"""The executor: runs handlers, at most ``concurrency`` at a time, one Outcome each.
 
 Async handlers run on the worker's event loop; sync handlers run in a thread
-pool of the same size. Each job runs in its own asyncio task, and whatever a
-handler raises becomes that job's outcome only: it never reaches the loop or
-another job.
+pool of the same size (a sync task with a timeout in a forked child that can
+be killed). Each job runs in its own asyncio task, and whatever a handler
+raises becomes that job's :class:`~jobqueue.outcome.Outcome` only: it never
+reaches the loop or another job. Every attempt that ends yields exactly one
+Outcome, handed to the completer; an attempt cut short by shutdown yields
+none (its job is released with the rest).
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import contextvars
 import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from jobqueue.tasks import Decision, JobContext, Task
+from jobqueue.outcome import DeadReason, ErrorEntry, Outcome
+from jobqueue.rows import ClaimedJob
+from jobqueue.tasks import JobContext, Task
 from jobqueue.worker.completer import Completer
 from jobqueue.worker.forked import fork_available, run_forked
-from jobqueue.worker.jobs import ClaimedJob, error_entry, exception_name
 from jobqueue.worker.lifecycle import Lifecycle
+from jobqueue.worker.state import Running, WorkerState
 
 
 class HandlerTimeoutError(TimeoutError):
@@ -34,64 +39,49 @@ class HandlerTimeoutError(TimeoutError):
     """
 
 
-
 class Executor:
-    def __init__(
-        self,
-        tasks: dict[str, Task],
-        completer: Completer,
-        worker_id: str,
-        concurrency: int,
-        log: Any,
-        on_slot_free: Callable[[], None],
-        lifecycle: Lifecycle | None = None,
-    ) -> None:
+    def __init__(self, tasks: Mapping[str, Task], state: WorkerState, completer: Completer,
+                 lifecycle: Lifecycle, log: Any) -> None:
         self.tasks = tasks
-        # Lifecycle events, the handler's log context and metrics, per job.
-        self.lifecycle = lifecycle or Lifecycle(log)
+        self.state = state
         self.completer = completer
-        self.worker_id = worker_id
-        self.concurrency = concurrency
+        self.lifecycle = lifecycle
         self.log = log
-        self.on_slot_free = on_slot_free
-        self.threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="jobqueue")
-        self.inflight: dict[int, tuple[asyncio.Task[None], JobContext]] = {}
+        self.threads = ThreadPoolExecutor(max_workers=state.concurrency,
+                                          thread_name_prefix="jobqueue")
         self._busy_threads = 0
         self._busy_lock = threading.Lock()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.started = 0
         # Jobs an operator cancelled (jobqueue cancel) while they ran.
         self.cancel_requested: set[int] = set()
 
-    @property
-    def free(self) -> int:
-        return self.concurrency - len(self.inflight)
-
     def submit(self, job: ClaimedJob) -> None:
+        state = self.state
         ctx = JobContext(id=job.id, task=job.task, queue=job.queue, attempt=job.attempts,
-                         max_attempts=job.max_attempts, worker_id=self.worker_id)
-        task = asyncio.get_running_loop().create_task(self._run(job, ctx))
-        self.inflight[job.id] = (task, ctx)
-        self._idle.clear()
-        self.started += 1
+                         max_attempts=job.max_attempts, worker_id=state.worker_id)
+        handler = self.tasks.get(job.task)
+        task = asyncio.get_running_loop().create_task(self._run(job, ctx, handler))
+        state.inflight[job.id] = Running(task, ctx, handler is None or handler.is_async,
+                                         handler is not None and handler.timeout is not None)
+        state.idle.clear()
+        state.started += 1
         task.add_done_callback(functools.partial(self._done, job))
 
     def _done(self, job: ClaimedJob, task: asyncio.Task[None]) -> None:
-        self.inflight.pop(job.id, None)
+        state = self.state
+        state.inflight.pop(job.id, None)
         self.cancel_requested.discard(job.id)
         if job.lock_key is not None and not task.cancelled():
             # An outcome was recorded: free the key with it. (A task cancelled
             # by shutdown has none; its job and key are released with the rest.)
             self.completer.unlock(job.id)
-        if not self.inflight:
-            self._idle.set()
-        self.on_slot_free()
+        if not state.inflight:
+            state.idle.set()
+        state.wake_fetcher()  # a slot is free
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no job is in flight; False if ``timeout`` passed first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self.state.idle.wait(), timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -103,12 +93,12 @@ class Executor:
         ``ctx.cancelled`` (a thread cannot be interrupted). Neither records an
         outcome: the worker releases their jobs back to the queue.
         """
-        pending = list(self.inflight.values())
-        for task, ctx in pending:
-            ctx._cancel.set()
-            task.cancel()
+        pending = list(self.state.inflight.values())
+        for running in pending:
+            running.ctx._cancel.set()
+            running.task.cancel()
         if pending:
-            await asyncio.wait([t for t, _ in pending], timeout=1.0)
+            await asyncio.wait([r.task for r in pending], timeout=1.0)
         return len(pending)
 
     def cancel(self, job_id: int) -> bool:
@@ -119,15 +109,13 @@ class Executor:
         normally anyway, it succeeded). A stopped job is dead with reason
         ``cancelled``.
         """
-        entry = self.inflight.get(job_id)
-        if entry is None:
+        running = self.state.inflight.get(job_id)
+        if running is None:
             return False
-        task, ctx = entry
         self.cancel_requested.add(job_id)
-        ctx._cancel.set()
-        handler = self.tasks.get(ctx.task)
-        if handler is None or handler.is_async or handler.timeout is not None:
-            task.cancel()  # async: CancelledError in the handler; forked: kills the child
+        running.ctx._cancel.set()
+        if running.is_async or running.forked:
+            running.task.cancel()  # async: CancelledError in the handler; forked: kills the child
         return True
 
     def threads_busy(self) -> bool:
@@ -149,47 +137,40 @@ class Executor:
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, job: ClaimedJob, ctx: JobContext) -> None:
+    async def _run(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> None:
+        self.completer.record(await self._attempt(job, ctx, task))
+
+    async def _attempt(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> Outcome:
+        """The one Outcome of this attempt (CancelledError: shutdown, none)."""
         started = self.lifecycle.started(job)  # binds the job's log context to this task
-        task = self.tasks.get(job.task)
+        worker = self.state.worker_id
         if task is None:
-            self.lifecycle.dead(job, started, "unknown_task")
-            self.completer.dead(job.id, "unknown_task", error_entry(
-                attempt=job.attempts, worker_id=self.worker_id, type_name="UnknownTask",
-                message=f"no task named {job.task!r} is registered in this worker"),
-                queue=job.queue)
-            return
+            return Outcome.dead(job, None, DeadReason.UNKNOWN_TASK, ErrorEntry.of(
+                job.attempts, worker, "UnknownTask",
+                f"no task named {job.task!r} is registered in this worker"))
         if job.cancel_requested:
             # Cancelled while it was running before and then went back to the
             # queue (a retry, a shutdown): honour the cancel instead of running.
-            self.lifecycle.dead(job, started, "cancelled")
-            self.completer.dead(job.id, "cancelled", error_entry(
-                attempt=job.attempts, worker_id=self.worker_id, type_name="Cancelled",
-                message="cancelled before this attempt started"), queue=job.queue)
-            return
+            return Outcome.dead(job, None, DeadReason.CANCELLED, ErrorEntry.of(
+                job.attempts, worker, "Cancelled", "cancelled before this attempt started"))
         try:
             await self._call(task, job, ctx)
         except asyncio.CancelledError:
             if job.id not in self.cancel_requested:
                 raise  # shutdown: no outcome, the job is released
-            self.lifecycle.dead(job, started, "cancelled")
-            self.completer.dead(job.id, "cancelled", error_entry(
-                attempt=job.attempts, worker_id=self.worker_id, type_name="Cancelled",
-                message="cancelled while running"), queue=job.queue)
+            return Outcome.dead(job, time.monotonic() - started, DeadReason.CANCELLED,
+                                ErrorEntry.of(job.attempts, worker, "Cancelled",
+                                              "cancelled while running"))
         except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
+            duration = time.monotonic() - started
             if job.id in self.cancel_requested:
                 # A handler that stops on ctx.cancelled by raising (a sync one
                 # cannot be interrupted otherwise) was cancelled, not failed: a
                 # retry would run the job the operator cancelled again.
-                self.lifecycle.dead(job, started, "cancelled", exc)
-                self.completer.dead(job.id, "cancelled", error_entry(
-                    attempt=job.attempts, worker_id=self.worker_id,
-                    type_name=exception_name(exc), message=str(exc), exc=exc), queue=job.queue)
-                return
-            self._failed(task, job, exc, started)
-        else:
-            self.lifecycle.succeeded(job, started)
-            self.completer.succeeded(job.id, job.queue)
+                return Outcome.dead(job, duration, DeadReason.CANCELLED,
+                                    ErrorEntry.of_exception(job.attempts, worker, exc))
+            return task.retry.outcome(job, exc, duration, worker)
+        return Outcome.succeeded(job, time.monotonic() - started)
 
     async def _call(self, task: Task, job: ClaimedJob, ctx: JobContext) -> None:
         args = job.args
@@ -206,12 +187,7 @@ class Executor:
         call = (functools.partial(task.fn, ctx, **args) if task.pass_context
                 else functools.partial(task.fn, **args))
         if task.timeout is None:
-            # run_in_executor does not carry context variables into the thread
-            # (asyncio.to_thread does): copy them, so the handler's structlog
-            # lines carry the job's id and correlation id.
-            await asyncio.get_running_loop().run_in_executor(
-                self.threads, functools.partial(contextvars.copy_context().run,
-                                                self._in_thread, call))
+            await self._in_pool(call)
             return
         if fork_available():
             # A thread cannot be killed; a child process can. Past the timeout
@@ -224,13 +200,19 @@ class Executor:
             return
         await self._call_thread_with_timeout(call, task, job, ctx)
 
+    def _in_pool(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
+        # run_in_executor does not carry context variables into the thread
+        # (asyncio.to_thread does): copy them, so the handler's structlog lines
+        # carry the job's id and correlation id.
+        return asyncio.get_running_loop().run_in_executor(
+            self.threads, functools.partial(contextvars.copy_context().run,
+                                            self._in_thread, call))
+
     async def _call_thread_with_timeout(self, call: Callable[[], Any], task: Task,
                                         job: ClaimedJob, ctx: JobContext) -> None:
         """Where fork is unavailable: time out a thread that cannot be killed."""
         assert task.timeout is not None
-        future = asyncio.get_running_loop().run_in_executor(
-            self.threads, functools.partial(contextvars.copy_context().run,
-                                            self._in_thread, call))
+        future = self._in_pool(call)
         started = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.shield(future), task.timeout)
@@ -245,17 +227,3 @@ class Executor:
             raise HandlerTimeoutError(
                 f"timed out after {task.timeout:g}s (handler returned after "
                 f"{time.monotonic() - started:.1f}s)") from None
-
-    def _failed(self, task: Task, job: ClaimedJob, exc: BaseException,
-                started: float | None = None) -> None:
-        decision, reason = task.retry.decide(exc, job.attempts, job.max_attempts)
-        entry = error_entry(attempt=job.attempts, worker_id=self.worker_id,
-                            type_name=exception_name(exc), message=str(exc), exc=exc)
-        started = time.monotonic() if started is None else started
-        if decision is Decision.RETRY:
-            delay = task.retry.delay_for(exc, job.attempts)
-            self.lifecycle.retrying(job, started, exc, delay)
-            self.completer.retry(job.id, job.attempts, delay, entry, queue=job.queue)
-        else:
-            self.lifecycle.dead(job, started, reason, exc)
-            self.completer.dead(job.id, reason, entry, queue=job.queue)

@@ -15,38 +15,35 @@ next worker to try, within one interval, takes over.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import Any
 
 import psycopg
 
-from jobqueue import sql
-from jobqueue.metrics import Snapshot, WorkerBeat, WorkerMetrics
-from jobqueue.overview import queue_overview_async
+from jobqueue.db import admin, fleet
+from jobqueue.db.store import AsyncStore
+from jobqueue.errors import DatabaseError
+from jobqueue.metrics import Snapshot, WorkerMetrics
+from jobqueue.protocol import advisory_key
 from jobqueue.worker.listener import application_name
 from jobqueue.worker.service import Backoff, Service
 
 
 def gauge_leader_key(schema: str) -> int:
-    digest = hashlib.blake2b(f"jobqueue:{schema}:gauges".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key(schema, "gauges")
 
 
 class GaugeRefresher(Service):
     name = "gauges"
 
-    def __init__(self, dsn: str, schema: str, metrics: WorkerMetrics, log: Any, *,
-                 interval: float = 10.0, worker_timeout: float = 30.0,
-                 connect_timeout: float = 5.0) -> None:
+    def __init__(self, store: AsyncStore, metrics: WorkerMetrics, log: Any, *,
+                 interval: float, worker_timeout: float) -> None:
         super().__init__()
-        self.dsn = dsn
-        self.schema = schema
+        self.store = store
         self.metrics = metrics
         self.log = log
         self.interval = interval
         self.worker_timeout = worker_timeout
-        self.connect_timeout = connect_timeout
-        self.key = gauge_leader_key(schema)
+        self.key = gauge_leader_key(store.schema)
         self.refreshes = 0
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
@@ -58,9 +55,8 @@ class GaugeRefresher(Service):
                     await self.refresh()
                     backoff.reset()
                     delay = self.interval
-                except psycopg.Error as exc:
-                    await self._lost(str(exc).strip().splitlines()[0] if str(exc).strip()
-                                     else type(exc).__name__)
+                except DatabaseError as exc:
+                    await self._lost(str(exc))
                     delay = backoff.next()
                 await self.sleep(delay)
         finally:
@@ -71,22 +67,17 @@ class GaugeRefresher(Service):
     async def refresh(self) -> bool:
         """One round: become (or stay) the leader, and if so read the gauges."""
         if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
-                fallback_application_name=application_name())
+            # The lock is session-scoped: this connection is kept for it alone.
+            self._conn = await self.store.connect(
+                autocommit=True, fallback_application_name=application_name())
         conn = self._conn
         if not self.metrics.leader:
-            cur = await conn.execute(sql.query("try_session_leadership", self.schema),
-                                     {"key": self.key})
-            row = await cur.fetchone()
-            if not row or not row[0]:
+            if not await self.store.run(fleet.try_session_leadership(self.key), conn):
                 return False
             self.metrics.leader = True
             self.log.info("gauges.leader", note="this worker refreshes the queue gauges")
-        queues = await queue_overview_async(conn, self.schema, self.worker_timeout)
-        cur = await conn.execute(sql.query("worker_heartbeats", self.schema))
-        workers = [WorkerBeat(id=r[0], hostname=r[1], pid=r[2], queues=list(r[3]),
-                              heartbeat_at=r[4], age=r[5]) for r in await cur.fetchall()]
+        queues = await self.store.run(admin.queue_overview(self.worker_timeout), conn)
+        workers = await self.store.run(fleet.worker_heartbeats(), conn)
         self.metrics.set_snapshot(Snapshot(queues=queues, workers=workers))
         self.refreshes += 1
         return True

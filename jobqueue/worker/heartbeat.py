@@ -8,58 +8,41 @@ once the lease runs out.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool
-
-from jobqueue import sql
+from jobqueue.db import fleet
+from jobqueue.db.statement import in_transaction
+from jobqueue.db.store import AsyncStore
 from jobqueue.worker.service import Service
+from jobqueue.worker.state import WorkerState
 
 
+@dataclass(eq=False)
 class Heartbeat(Service):
     name = "heartbeat"
 
-    def __init__(self, pool: AsyncConnectionPool[Any], schema: str, worker_id: str,
-                 register_params: dict[str, Any], log: Any, *, interval: float = 2.0,
-                 lease: float = 30.0) -> None:
-        super().__init__()
-        self.pool = pool
-        self.schema = schema
-        self.worker_id = worker_id
-        self.register_params = register_params
-        self.log = log
-        self.interval = interval
-        self.lease = lease
-        self.beats = 0
-        # The ids of the jobs this worker holds (in flight or awaiting their ack).
-        self.held_ids: Callable[[], list[int]] = list
-        # Told about jobs of ours flagged cancel_requested (NOTIFY may be missed).
-        self.on_cancel_requested: Callable[[int], object] = lambda job_id: None
+    store: AsyncStore
+    state: WorkerState
+    registration: fleet.Registration
+    log: Any
+    interval: float
+    lease: float
+    # Told about jobs of ours flagged cancel_requested (NOTIFY may be missed).
+    on_cancel_requested: Callable[[int], object]
+    beats: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        Service.__init__(self)
 
     async def run(self) -> None:
-        while not self.stopping:
-            await self.sleep(self.interval)
-            if self.stopping:
-                return
-            try:
-                await self.beat()
-            except psycopg.Error as exc:
-                self.log.warning("heartbeat.failed", error=str(exc).strip())
+        await self.every(lambda: self.interval, self.beat, self.log, "heartbeat.failed")
 
     async def beat(self) -> None:
-        params = {"worker_id": self.worker_id, "lease": self.lease, "ids": self.held_ids()}
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(sql.query("heartbeat_jobs", self.schema), params)
-            flagged = [row[0] for row in await cur.fetchall() if row[1]]
-            cur = await conn.execute(sql.query("heartbeat_worker", self.schema), params)
-            alive = await cur.fetchone()
-            if alive is None:
-                # The leader reaped us (a long stall, a network cut): our jobs
-                # were already rescued; come back as a fresh registration.
-                self.log.warning("worker.reregistered", worker_id=self.worker_id)
-                await conn.execute(sql.query("register_worker", self.schema),
-                                   self.register_params)
+        beat = await self.store.run(in_transaction(fleet.heartbeat(
+            self.registration, self.state.held_ids(), self.lease)))
+        if beat.reregistered:
+            self.log.warning("worker.reregistered", worker_id=self.registration.worker_id)
         self.beats += 1
-        for job_id in flagged:
+        for job_id in beat.cancel_requested:
             self.on_cancel_requested(job_id)

@@ -1,7 +1,8 @@
-"""What a job's life looks like from outside: lifecycle log events and metrics.
+"""The observer of a job's life: lifecycle log events and metrics.
 
-The executor calls :class:`Lifecycle` when a job starts and when its outcome
-is known. Each call writes one structured event (``job.started``,
+The executor calls :meth:`Lifecycle.started` when a handler starts; the
+completer calls :meth:`Lifecycle.finished` with each :class:`~jobqueue.outcome.Outcome`
+once it is written. Each call writes one structured event (``job.started``,
 ``job.succeeded``, ``job.retrying``, ``job.dead``) and, when the worker serves
 metrics, updates its counters and histograms.
 
@@ -23,9 +24,10 @@ from typing import Any
 
 from structlog.contextvars import bind_contextvars
 
-from jobqueue.enqueue import current_correlation_id
 from jobqueue.metrics import WorkerMetrics
-from jobqueue.worker.jobs import ClaimedJob, exception_name
+from jobqueue.outcome import Kind, Outcome
+from jobqueue.payload import current_correlation_id
+from jobqueue.rows import ClaimedJob
 
 
 class Lifecycle:
@@ -34,7 +36,7 @@ class Lifecycle:
         self.metrics = metrics
 
     def started(self, job: ClaimedJob) -> float:
-        """Bind the job's context and record its start; the start time for :meth:`finished`."""
+        """Bind the job's context and record its start; the start time for durations."""
         correlation = job.correlation_id
         if correlation is None:
             bind_contextvars(job_id=job.id, task=job.task)
@@ -47,39 +49,26 @@ class Lifecycle:
             self.metrics.job_started(job, time.time() - job.run_at.timestamp())
         return time.monotonic()
 
-    def succeeded(self, job: ClaimedJob, started: float) -> None:
-        duration = time.monotonic() - started
-        self.log.debug("job.succeeded", job_id=job.id, task=job.task, queue=job.queue,
-                       attempt=job.attempts, duration=round(duration, 6),
-                       correlation_id=job.correlation_id)
+    def finished(self, outcome: Outcome) -> None:
+        """One event (and metric) for an outcome that is now in the database."""
+        job, error = outcome.job, outcome.error
+        duration = None if outcome.duration is None else round(outcome.duration, 6)
+        common = {"job_id": job.id, "task": job.task, "queue": job.queue,
+                  "attempt": job.attempts, "duration": duration,
+                  "correlation_id": job.correlation_id}
+        if outcome.kind is Kind.SUCCEEDED:
+            self.log.debug("job.succeeded", **common)
+        elif outcome.kind is Kind.RETRIED:
+            self.log.info("job.retrying", **common, max_attempts=job.max_attempts,
+                          error=error.type if error else None,
+                          message=error.first_line if error else "",
+                          delay=round(outcome.delay, 3))
+        elif outcome.kind is Kind.DEAD:
+            self.log.warning("job.dead", **common, max_attempts=job.max_attempts,
+                             reason=outcome.reason.value if outcome.reason else None,
+                             error=error.type if error else None,
+                             message=error.first_line if error else None)
+        else:
+            return  # released: not an outcome of the job, the worker handed it back
         if self.metrics is not None:
-            self.metrics.job_finished(job, "succeeded", duration)
-
-    def retrying(self, job: ClaimedJob, started: float, exc: BaseException,
-                 delay: float) -> None:
-        duration = time.monotonic() - started
-        self.log.info("job.retrying", job_id=job.id, task=job.task, queue=job.queue,
-                      attempt=job.attempts, max_attempts=job.max_attempts,
-                      duration=round(duration, 6), error=exception_name(exc),
-                      message=_first_line(exc), delay=round(delay, 3),
-                      correlation_id=job.correlation_id)
-        if self.metrics is not None:
-            self.metrics.job_finished(job, "retried", duration)
-
-    def dead(self, job: ClaimedJob, started: float | None, reason: str,
-             exc: BaseException | None = None) -> None:
-        """A job that will not run again; ``started`` is None if no handler ran."""
-        duration = None if started is None else time.monotonic() - started
-        self.log.warning("job.dead", job_id=job.id, task=job.task, queue=job.queue,
-                         attempt=job.attempts, max_attempts=job.max_attempts,
-                         duration=None if duration is None else round(duration, 6),
-                         reason=reason, error=None if exc is None else exception_name(exc),
-                         message=None if exc is None else _first_line(exc),
-                         correlation_id=job.correlation_id)
-        if self.metrics is not None:
-            self.metrics.job_finished(job, "dead", duration)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else ""
+            self.metrics.job_finished(job, outcome.kind.value, outcome.duration)

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from psycopg import sql as pgsql
 
-from jobqueue import sql
+from jobqueue.db import fleet
+from jobqueue.db.statement import Procedure
+from jobqueue.db.store import AsyncStore
+from jobqueue.errors import DatabaseError
+from jobqueue.protocol import control_channel, job_channel, probe_channel
 from jobqueue.worker.service import Backoff, Service
+from jobqueue.worker.state import WorkerState
 
 
 def application_name() -> str:
@@ -41,35 +44,34 @@ def application_name() -> str:
     return f"jobqueue-worker-{os.getpid()}"
 
 
-def probe_channel(schema: str, worker_id: str) -> str:
-    """A channel only this worker listens on, so probes never wake the fleet.
-
-    Hashed to stay within Postgres's 63-byte identifiers whatever the names.
-    """
-    digest = hashlib.blake2b(f"{schema}\0{worker_id}".encode(), digest_size=8).hexdigest()
-    return f"jobqueue_probe_{digest}"
-
-
-class ListenerSilentError(psycopg.OperationalError):
+class ListenerSilentError(DatabaseError):
     """The LISTEN connection did not deliver a probe in time: treat it as lost."""
+
+
+def _subscribe(channels: list[str], worker_id: str) -> Procedure[None]:
+    for channel in channels:
+        yield fleet.listen(channel)
+    yield fleet.set_session(worker_id)
 
 
 class Listener(Service):
     name = "listener"
 
-    def __init__(self, dsn: str, schema: str, channel: str, worker_id: str,
-                 queues: tuple[str, ...], on_notify: Callable[[], None],
-                 on_health: Callable[[bool], None], log: Any, *,
-                 check_interval: float = 1.0, connect_timeout: float = 5.0,
-                 control_channel: str | None = None,
-                 on_control: Callable[[str], None] | None = None,
-                 send_probe: Callable[[str, str], Awaitable[None]] | None = None,
-                 probe_interval: float = 5.0, probe_timeout: float = 5.0) -> None:
+    def __init__(self, store: AsyncStore, state: WorkerState, queues: tuple[str, ...],
+                 on_control: Callable[[str], None], log: Any, *,
+                 listen_dsn: str | None = None, check_interval: float = 1.0,
+                 probe_interval: float = 5.0, probe_timeout: float = 5.0,
+                 probe: bool = True) -> None:
         super().__init__()
-        # send_probe(channel, payload) sends a NOTIFY from another session;
-        # without it the listener cannot check itself and only sees errors.
-        self.send_probe = send_probe
-        self.probe_channel = probe_channel(schema, worker_id)
+        # Where to LISTEN: the store's database unless told otherwise.
+        self.listen_dsn = listen_dsn
+        schema = store.schema
+        self.store = store
+        self.state = state
+        # With probe, the listener checks itself with a NOTIFY sent through the
+        # store's pool (another session); without it it only sees errors.
+        self.probe = probe
+        self.probe_channel = probe_channel(schema, state.worker_id)
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
         self.probe_seconds: float | None = None  # round trip of the last probe
@@ -78,18 +80,12 @@ class Listener(Service):
         self._probe: tuple[str, float] | None = None  # (payload, sent at) awaiting return
         self._next_probe = 0.0
         self._down_since: float | None = None
-        self.dsn = dsn
-        self.schema = schema
-        self.channel = channel
-        self.control_channel = control_channel
+        self.channel = job_channel(schema)
+        self.control_channel = control_channel(schema)
         self.on_control = on_control
-        self.worker_id = worker_id
         self.queues = frozenset(queues)
-        self.on_notify = on_notify
-        self.on_health = on_health
         self.log = log
         self.check_interval = check_interval
-        self.connect_timeout = connect_timeout
         self.healthy = False
         self.connected = asyncio.Event()
         self.notifications = 0
@@ -100,49 +96,48 @@ class Listener(Service):
         while not self.stopping:
             try:
                 await self._listen(backoff)
-            except psycopg.Error as exc:
-                self._set_health(False, str(exc).strip().splitlines()[0] if str(exc) else "")
+            except DatabaseError as exc:
+                self._set_health(False, str(exc))
                 await self.sleep(backoff.next())
             finally:
                 await self._close()
 
     async def _listen(self, backoff: Backoff) -> None:
-        conn = await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
-            fallback_application_name=application_name())
+        # LISTEN needs a session of its own: not a pooled connection, and not
+        # one through PgBouncer in transaction mode.
+        conn = await self.store.connect(self.listen_dsn, autocommit=True,
+                                        fallback_application_name=application_name())
         self._conn = conn
-        await conn.execute(pgsql.SQL("LISTEN {}").format(pgsql.Identifier(self.channel)))
-        if self.control_channel:
-            await conn.execute(pgsql.SQL("LISTEN {}").format(
-                pgsql.Identifier(self.control_channel)))
-        if self.send_probe is not None:
-            await conn.execute(pgsql.SQL("LISTEN {}").format(
-                pgsql.Identifier(self.probe_channel)))
-        await conn.execute(sql.query("set_worker_session", self.schema),
-                           {"worker_id": self.worker_id})
+        channels = [self.channel, self.control_channel]
+        if self.probe:
+            channels.append(self.probe_channel)
+        await self.store.run(_subscribe(channels, self.state.worker_id), conn)
         backoff.reset()
         self._set_health(True)
         self.connected.set()
-        self.on_notify()  # catch up on anything committed while we were not listening
+        self.state.wake_fetcher()  # catch up on anything committed while we were not listening
         self._probe, self._next_probe = None, time.monotonic()  # probe the new session now
         while not self.stopping:
-            async for note in conn.notifies(timeout=self._wait()):
-                if note.channel == self.probe_channel:
-                    self._probe_returned(note.payload)
-                    continue
-                self.notifications += 1
-                if note.channel == self.control_channel:
-                    if self.on_control is not None:
-                        self.on_control(note.payload)
-                elif note.payload in self.queues:
-                    self.on_notify()
+            with self.store.errors():
+                await self._receive(conn)
             if conn.closed or conn.broken:
-                raise psycopg.OperationalError("LISTEN connection lost")
+                raise DatabaseError("database unavailable: LISTEN connection lost")
             await self._check_probe()
+
+    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async for note in conn.notifies(timeout=self._wait()):
+            if note.channel == self.probe_channel:
+                self._probe_returned(note.payload)
+                continue
+            self.notifications += 1
+            if note.channel == self.control_channel:
+                self.on_control(note.payload)
+            elif note.payload in self.queues:
+                self.state.wake_fetcher()
 
     def _wait(self) -> float:
         """How long to wait for notifications before looking at the probe again."""
-        if self.send_probe is None:
+        if not self.probe:
             return self.check_interval
         until = self._next_probe if self._probe is None else self._probe[1] + self.probe_timeout
         return max(0.0, min(self.check_interval, until - time.monotonic()))
@@ -153,7 +148,7 @@ class Listener(Service):
             self._probe = None
 
     async def _check_probe(self) -> None:
-        if self.send_probe is None:
+        if not self.probe:
             return
         now = time.monotonic()
         if self._probe is not None:
@@ -167,9 +162,10 @@ class Listener(Service):
         payload = f"{self.probes}"
         self._next_probe = now + self.probe_interval
         try:
-            await asyncio.wait_for(self.send_probe(self.probe_channel, payload),
-                                   self.probe_timeout)
-        except (psycopg.Error, asyncio.TimeoutError, OSError) as exc:
+            await asyncio.wait_for(
+                self.store.run(fleet.probe_notify(self.probe_channel, payload)),
+                self.probe_timeout)
+        except (DatabaseError, asyncio.TimeoutError, OSError) as exc:
             # The other session failed, not necessarily this one: no verdict
             # this round (a database that is down breaks LISTEN soon enough).
             self.log.debug("listener.probe_unsent", error=str(exc).strip() or type(exc).__name__)
@@ -192,7 +188,7 @@ class Listener(Service):
             self.degradations += 1
             self._down_since = time.monotonic()
             self.log.warning("listener.degraded", error=error, fallback="polling")
-        self.on_health(healthy)
+        self.state.listening = healthy
 
     async def _close(self) -> None:
         conn, self._conn = self._conn, None

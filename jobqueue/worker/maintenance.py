@@ -7,81 +7,58 @@ itself at COMMIT, so leadership survives connection loss without a stale
 holder and works through PgBouncer's transaction mode.
 
 The leader reaps workers that stopped heartbeating (or whose session Postgres
-shows as gone) and rescues their jobs: each rescued job counts a crashed
-attempt, and a job out of attempts goes to dead_jobs with reason 'crashed'.
+shows as gone) and rescues their jobs (see :func:`jobqueue.db.fleet.maintenance_round`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
+from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool
-
-from jobqueue import sql
+from jobqueue.db import fleet
+from jobqueue.db.statement import in_transaction
+from jobqueue.db.store import AsyncStore
+from jobqueue.protocol import advisory_key, job_channel
 from jobqueue.worker.service import Service
+
+#: Every this many rounds led, the leader prunes the outcome counters.
+PRUNE_EVERY = 60
 
 
 def leader_key(schema: str) -> int:
-    digest = hashlib.blake2b(f"jobqueue:{schema}:leader".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key(schema, "leader")
 
 
+@dataclass(eq=False)
 class Maintenance(Service):
     name = "maintenance"
 
-    def __init__(self, pool: AsyncConnectionPool[Any], schema: str, log: Any, *,
-                 interval: float = 1.0, worker_timeout: float = 30.0,
-                 session_grace: float = 5.0, channel: str = "") -> None:
-        super().__init__()
-        self.pool = pool
-        self.schema = schema
-        self.log = log
-        self.interval = interval
-        self.worker_timeout = worker_timeout
-        self.session_grace = session_grace
-        self.channel = channel
-        self.key = leader_key(schema)
-        self.rounds_led = 0
+    store: AsyncStore
+    log: Any
+    interval: float
+    worker_timeout: float
+    session_grace: float
+    rounds_led: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        Service.__init__(self)
+        self.key = leader_key(self.store.schema)
 
     async def run(self) -> None:
-        while not self.stopping:
-            # Jitter keeps a fleet started at once from contending on every round.
-            await self.sleep(self.interval * random.uniform(0.8, 1.2))
-            if self.stopping:
-                return
-            try:
-                await self.round()
-            except psycopg.Error as exc:
-                self.log.warning("maintenance.failed", error=str(exc).strip())
+        # Jitter keeps a fleet started at once from contending on every round.
+        await self.every(lambda: self.interval * random.uniform(0.8, 1.2), self.round, self.log,
+                         "maintenance.failed")
 
     async def round(self) -> bool:
         """One maintenance round; True if this worker was the leader."""
-        q = self.schema
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(sql.query("try_leadership", q), {"key": self.key})
-            row = await cur.fetchone()
-            if not row or not row[0]:
-                return False
-            self.rounds_led += 1
-            cur = await conn.execute(sql.query("reap_workers", q), {
-                "worker_timeout": self.worker_timeout, "session_grace": self.session_grace})
-            reaped = [r[0] for r in await cur.fetchall()]
-            cur = await conn.execute(sql.query("rescue_dead", q))
-            dead = len(await cur.fetchall())
-            cur = await conn.execute(sql.query("rescue_requeue", q))
-            rescued = await cur.fetchall()
-            requeued = len(rescued)
-            for queue in sorted({row[1] for row in rescued} if self.channel else ()):
-                # Wake idle workers now rather than at their next poll.
-                await conn.execute(sql.query("notify", q),
-                                   {"channel": self.channel, "message": queue})
-            await conn.execute(sql.query("sweep_locks", q))
-            if self.rounds_led % 60 == 1:
-                # Outcome counters: only the last minute is read (stats, metrics).
-                await conn.execute(sql.query("prune_job_counts", q), {"keep": 3600.0})
-        if reaped or dead or requeued:
-            self.log.warning("maintenance.rescued", workers=reaped, requeued=requeued, dead=dead)
+        rescue = await self.store.run(in_transaction(fleet.maintenance_round(
+            self.key, self.worker_timeout, self.session_grace, job_channel(self.store.schema),
+            prune=self.rounds_led % PRUNE_EVERY == 0)))
+        if not rescue.led:
+            return False
+        self.rounds_led += 1
+        if rescue.reaped or rescue.dead or rescue.requeued:
+            self.log.warning("maintenance.rescued", workers=rescue.reaped,
+                             requeued=len(rescue.requeued), dead=rescue.dead)
         return True

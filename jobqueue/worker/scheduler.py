@@ -26,21 +26,19 @@ timezone changed) starts at the first tick after the round that first sees it.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool
-
-from jobqueue import sql
 from jobqueue.cron import Schedule, tick_key
+from jobqueue.db import cron as statements
+from jobqueue.db.statement import Procedure, in_transaction
+from jobqueue.db.store import AsyncStore
+from jobqueue.errors import DatabaseError
+from jobqueue.protocol import advisory_key, job_channel
+from jobqueue.registry import Registry
 from jobqueue.worker.service import Backoff, Service
-
-if TYPE_CHECKING:
-    from jobqueue.app import JobQueue
 
 # Wake this much after a tick is due, not exactly at it: a timer that fires a
 # hair early would find nothing due and have to sleep again.
@@ -49,8 +47,7 @@ WAKE_LATE = 0.003
 
 def scheduler_key(schema: str) -> int:
     """The advisory lock key of the cron leader (distinct from maintenance's leader_key)."""
-    digest = hashlib.blake2b(f"jobqueue:{schema}:cron".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key(schema, "cron")
 
 
 @dataclass(frozen=True)
@@ -73,23 +70,26 @@ class Round:
     now: datetime
     fired: list[Fired]
     changes: list[tuple[str, str]]
+    synced: bool = False  # the definitions were stored this round
+    resync: bool = False  # a schedule was missing: store them again next round
 
 
 class Scheduler(Service):
     name = "scheduler"
+    intake = True
 
-    def __init__(self, pool: AsyncConnectionPool[Any], app: JobQueue, log: Any, *,
+    def __init__(self, store: AsyncStore, registry: Registry, log: Any, *,
                  max_sleep: float = 1.0, sync_interval: float = 10.0) -> None:
         super().__init__()
-        self.pool = pool
-        self.app = app
-        self.schema = app.schema
+        self.store = store
+        self.registry = registry
+        self.schema = store.schema
         self.log = log
         self.max_sleep = max_sleep
         self.sync_interval = sync_interval
         self._synced_at: float | None = None
         # A snapshot: schedules defined after the worker started are not picked up.
-        self.schedules: dict[str, Schedule] = dict(app.schedules)
+        self.schedules: dict[str, Schedule] = dict(registry.schedules)
         self.key = scheduler_key(self.schema)
         self.rounds_led = 0
         self.jobs_fired = 0
@@ -101,9 +101,9 @@ class Scheduler(Service):
             try:
                 delay = await self.run_round()
                 backoff.reset()
-            except psycopg.Error as exc:
+            except DatabaseError as exc:
                 delay = backoff.next()
-                self.log.warning("scheduler.failed", error=str(exc).strip(), retry_in=delay)
+                self.log.warning("scheduler.failed", error=str(exc), retry_in=delay)
             await self.sleep(delay)
 
     async def run_round(self) -> float:
@@ -117,50 +117,49 @@ class Scheduler(Service):
     # -- one round ----------------------------------------------------------------------
 
     async def round(self) -> Round:
-        q = self.schema
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(sql.query("cron_lead", q), {"key": self.key})
-            row = await cur.fetchone()
-            assert row is not None
-            led, now = bool(row[0]), row[1]
-            if not led:
-                return Round(False, now, [], [])
-            self.rounds_led += 1
-            # Definitions change only with a deploy: upsert them on this
-            # scheduler's first lead and then now and again, not every second
-            # (an upsert locks each row even when nothing changed).
-            sync = (self._synced_at is None
-                    or time.monotonic() - self._synced_at >= self.sync_interval)
-            changes = await self._sync(conn) if sync else []
-            cur = await conn.execute(sql.query("cron_state", q),
-                                     {"names": list(self.schedules)})
-            state = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
-            fired = []
-            for name, schedule in self.schedules.items():
-                if name not in state:
-                    # Retired by a leader whose app lacks it (a rolling deploy):
-                    # store it again next round, starting afresh.
-                    sync, self._synced_at = False, None
-                    continue
-                last, cursor = state[name]
-                outcome = await self.fire(conn, schedule, now, last, cursor)
-                if outcome is not None:
-                    fired.append(outcome)
-        if sync:
+        # Definitions change only with a deploy: upsert them on this scheduler's
+        # first lead and then now and again, not every second (an upsert locks
+        # each row even when nothing changed).
+        sync = self._synced_at is None or time.monotonic() - self._synced_at >= self.sync_interval
+        result = await self.store.run(in_transaction(self._round(sync)))
+        if result.led and result.synced:
             self._synced_at = time.monotonic()  # committed
-        for change, name in changes:
+        elif result.led and result.resync:
+            self._synced_at = None
+        for change, name in result.changes:
             self.log.info(f"cron.{change}", schedule=name)
-        for f in fired:
+        for f in result.fired:
             self._report(f)
-        return Round(True, now, fired, changes)
+        return result
 
-    async def _sync(self, conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
+    def _round(self, sync: bool) -> Procedure[Round]:
+        lead: statements.Lead = yield statements.lead(self.key)
+        if not lead.leader:
+            return Round(False, lead.now, [], [])
+        self.rounds_led += 1
+        changes: list[statements.Change] = (yield statements.sync(self._definitions())) \
+            if sync else []
+        found: list[statements.Cursor] = yield statements.cursors(list(self.schedules))
+        state = {c.name: c for c in found}
+        fired, resync = [], False
+        for name, schedule in self.schedules.items():
+            if name not in state:
+                # Retired by a leader whose app lacks it (a rolling deploy):
+                # store it again next round, starting afresh.
+                resync = True
+                continue
+            outcome = yield from self.fire(schedule, lead.now, state[name].last_fire_at,
+                                           state[name].next_fire_at)
+            if outcome is not None:
+                fired.append(outcome)
+        return Round(True, lead.now, fired, [(c.change, c.name) for c in changes],
+                     synced=sync and not resync, resync=resync)
+
+    def _definitions(self) -> dict[str, list[Any]]:
         rows = [self._definition(s) for s in self.schedules.values()]
-        params = {key: [r[key] for r in rows] for key in (
+        return {key: [r[key] for r in rows] for key in (
             "names", "expressions", "tasks", "args", "queues", "timezones", "overlaps",
             "priorities", "catch_ups")}
-        cur = await conn.execute(sql.query("cron_sync", self.schema), params)
-        return [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
 
     def _definition(self, s: Schedule) -> dict[str, Any]:
         queue, priority, _ = self._job_defaults(s)
@@ -170,23 +169,17 @@ class Scheduler(Service):
 
     def _job_defaults(self, s: Schedule) -> tuple[str, int, int]:
         """Queue, priority and max_attempts of the schedule's jobs, as enqueue would pick them."""
-        task = self.app.tasks.get(s.task)
-        if task is None:
-            if s.name not in self._warned_unknown:
-                # Not an error: a worker of another app may run it. Without one,
-                # the job is dead-lettered as unknown_task, visibly.
-                self._warned_unknown.add(s.name)
-                self.log.warning("cron.unknown_task", schedule=s.name, task=s.task)
-            return (s.queue or self.app.default_queue,
-                    s.priority if s.priority is not None else 0,
-                    self.app.default_max_attempts)
-        return (s.queue or task.queue,
-                s.priority if s.priority is not None else task.priority,
-                task.max_attempts)
+        if s.task not in self.registry.tasks and s.name not in self._warned_unknown:
+            # Not an error: a worker of another app may run it. Without one,
+            # the job is dead-lettered as unknown_task, visibly.
+            self._warned_unknown.add(s.name)
+            self.log.warning("cron.unknown_task", schedule=s.name, task=s.task)
+        queue, priority, max_attempts = self.registry.job_defaults(s.task)
+        return (s.queue or queue, s.priority if s.priority is not None else priority,
+                max_attempts)
 
-    async def fire(self, conn: psycopg.AsyncConnection[Any], schedule: Schedule,
-                   now: datetime, last: datetime | None,
-                   cursor: datetime | None) -> Fired | None:
+    def fire(self, schedule: Schedule, now: datetime, last: datetime | None,
+             cursor: datetime | None) -> Procedure[Fired | None]:
         """Fire what is due of ``schedule`` at ``now``, given the cursor this leader read.
 
         ``last``/``cursor`` are the row's ``last_fire_at``/``next_fire_at``; the
@@ -220,16 +213,14 @@ class Scheduler(Service):
             "ticks": ticks,
             "keys": [tick_key(schedule.name, t) for t in ticks],
             "allow_overlap": schedule.overlap == "allow",
-            "channel": self.app.settings.channel,
+            "channel": job_channel(self.schema),
         }
-        cur = await conn.execute(sql.query("cron_fire", self.schema), params)
-        row = await cur.fetchone()
-        assert row is not None
-        advanced, busy, ids, fired_ticks = bool(row[0]), bool(row[1]), row[2], row[3]
-        return Fired(name=schedule.name, dropped=dropped, job_ids=tuple(int(i) for i in ids),
-                     ticks=tuple(fired_ticks or ()),
-                     skipped=advanced and bool(ticks) and busy and schedule.overlap == "skip",
-                     lost=not advanced)
+        result: statements.FireResult = yield statements.fire(params)
+        return Fired(name=schedule.name, dropped=dropped, job_ids=tuple(result.ids),
+                     ticks=tuple(result.ticks or ()),
+                     skipped=result.advanced and bool(ticks) and result.busy
+                     and schedule.overlap == "skip",
+                     lost=not result.advanced)
 
     def _report(self, f: Fired) -> None:
         self.jobs_fired += len(f.job_ids)

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from jobqueue.errors import DatabaseError
 
 
 class Service:
     """Base class: subclasses implement :meth:`run` and check :attr:`stopping`."""
 
     name = "service"
+    #: Services that bring work in (claims, cron ticks): a stopping worker stops
+    #: them first, before it waits for its jobs in flight.
+    intake = False
 
     def __init__(self) -> None:
         self._task: asyncio.Task[None] | None = None
@@ -63,6 +68,19 @@ class Service:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def every(self, interval: Callable[[], float], step: Callable[[], Awaitable[object]],
+                    log: Any, failed: str) -> None:
+        """Run ``step`` every ``interval()`` seconds until stopped. A database error is
+        logged as ``failed`` and the loop goes on: the next round is the retry."""
+        while not self.stopping:
+            await self.sleep(interval())
+            if self.stopping:
+                return
+            try:
+                await step()
+            except DatabaseError as exc:
+                log.warning(failed, error=str(exc))
 
     def wake(self) -> None:
         """Interrupt a :meth:`sleep` early (subclasses with their own events override)."""

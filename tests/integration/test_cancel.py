@@ -162,9 +162,10 @@ def deaf(monkeypatch: pytest.MonkeyPatch) -> None:
     base = listener_module.Listener
 
     class Deaf(base):  # type: ignore[misc, valid-type]
-        def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
-            super().__init__(psycopg.conninfo.make_conninfo(dsn, host="127.0.0.1", port="1"),
-                             *args, **kwargs)
+        def __init__(self, store: Any, *args: Any, **kwargs: Any) -> None:
+            kwargs["listen_dsn"] = psycopg.conninfo.make_conninfo(store.dsn, host="127.0.0.1",
+                                                                  port="1")
+            super().__init__(store, *args, **kwargs)
 
     monkeypatch.setattr(worker_module, "Listener", Deaf)
 

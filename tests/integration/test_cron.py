@@ -20,11 +20,12 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
 from jobqueue import JobContext, JobQueue
+from jobqueue.db.store import AsyncStore, PoolOptions
 from jobqueue.log import get_logger
-from jobqueue.worker import Worker, WorkerConfig
+from jobqueue.protocol import job_channel
+from jobqueue.worker import WorkerConfig
 from jobqueue.worker.maintenance import leader_key
 from jobqueue.worker.scheduler import Fired, Round, Scheduler, scheduler_key
 from tests.helpers import count, wait_until, worker_thread
@@ -42,15 +43,21 @@ def with_scheduler(app: JobQueue, body: Callable[[Scheduler], Awaitable[T]]) -> 
     """Run ``body(scheduler)`` on a fresh event loop with a pool like the worker's."""
 
     async def main() -> T:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            app.dsn, min_size=1, max_size=2, open=False, kwargs={"autocommit": True})
-        await pool.open(wait=True)
+        store = AsyncStore(app.settings, probe=False,
+                           options=PoolOptions(min_size=1, max_size=2, autocommit=True))
         try:
-            return await body(Scheduler(pool, app, LOG))
+            return await body(Scheduler(store, app.registry, LOG))
         finally:
-            await pool.close()
+            await store.aclose()
 
     return asyncio.run(main())
+
+
+async def fire_on(s: Scheduler, conn: psycopg.AsyncConnection[Any], name: str, now: datetime,
+                  last: datetime | None, cursor: datetime | None) -> Fired | None:
+    """The scheduler's fire of schedule ``name`` on ``conn``, in its open transaction."""
+    fired: Fired | None = await s.store.run(s.fire(s.schedules[name], now, last, cursor), conn)
+    return fired
 
 
 def run_round(app: JobQueue) -> Round:
@@ -61,9 +68,9 @@ def fire(app: JobQueue, name: str, now: datetime) -> Fired:
     """Fire schedule ``name`` as the leader would at ``now``, from its stored cursor."""
 
     async def body(s: Scheduler) -> Fired:
-        async with s.pool.connection() as conn, conn.transaction():
+        async with await s.store.connect() as conn, conn.transaction():
             last, cursor = await stored(conn, app.schema, name)
-            outcome = await s.fire(conn, s.schedules[name], now, last, cursor)
+            outcome = await fire_on(s, conn, name, now, last, cursor)
         assert outcome is not None, "nothing was due"
         return outcome
 
@@ -205,9 +212,9 @@ def test_catch_up_fires_at_most_n_missed_ticks(
 
 
 async def _fire_now(s: Scheduler, app: JobQueue, name: str, now: datetime) -> Fired | None:
-    async with s.pool.connection() as conn, conn.transaction():
+    async with await s.store.connect() as conn, conn.transaction():
         last, cursor = await stored(conn, app.schema, name)
-        return await s.fire(conn, s.schedules[name], now, last, cursor)
+        return await fire_on(s, conn, name, now, last, cursor)
 
 
 # -- overlap ------------------------------------------------------------------------------------
@@ -280,14 +287,13 @@ def test_two_leaders_at_once_fire_a_tick_once(
     name, now = "each-minute", at(10, 0, 1)
 
     async def body(s: Scheduler) -> tuple[Fired | None, Fired | None, Fired | None]:
-        schedule = s.schedules[name]
         first = await psycopg.AsyncConnection.connect(pg_dsn)
         second = await psycopg.AsyncConnection.connect(pg_dsn)
         try:
             last, cursor = await stored(first, app.schema, name)
             assert (last, cursor) == await stored(second, app.schema, name)
-            a = await s.fire(first, schedule, now, last, cursor)  # not committed yet
-            b_task = asyncio.ensure_future(s.fire(second, schedule, now, last, cursor))
+            a = await fire_on(s, first, name, now, last, cursor)  # not committed yet
+            b_task = asyncio.ensure_future(fire_on(s, second, name, now, last, cursor))
             pid = second.info.backend_pid
 
             def blocked() -> bool:
@@ -305,7 +311,7 @@ def test_two_leaders_at_once_fire_a_tick_once(
             await first.execute(sql.SQL("DELETE FROM {} WHERE cron_name = %s")
                                 .format(sql.Identifier(app.schema, "jobs")), (name,))
             await first.commit()
-            c = await s.fire(second, schedule, now, last, cursor)  # a stale leader, later
+            c = await fire_on(s, second, name, now, last, cursor)  # a stale leader, later
             await second.commit()
             return a, b, c
         finally:
@@ -424,11 +430,11 @@ def test_fired_jobs_notify_their_queue(app: JobQueue, pg_dsn: str,
     app.cron("each-minute", "* * * * *", "t", queue="cronq")
     stored_now(app, "each-minute")
     with psycopg.connect(pg_dsn, autocommit=True) as listener:
-        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(app.settings.channel)))
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(job_channel(app.schema))))
         set_cursor(admin, app.schema, "each-minute", at(10, 0))
         assert len(fire(app, "each-minute", now=at(10, 0, 1)).job_ids) == 1
         got = [(n.channel, n.payload) for n in listener.notifies(timeout=10, stop_after=1)]
-    assert got == [(app.settings.channel, "cronq")]
+    assert got == [(job_channel(app.schema), "cronq")]
 
 
 def test_schedule_of_a_task_this_app_does_not_know(
@@ -484,6 +490,6 @@ def test_only_workers_of_apps_with_schedules_run_a_scheduler(app: JobQueue) -> N
     with worker_thread(app) as worker:
         assert "scheduler" not in worker.services
     app.cron("later", "0 0 1 1 *", noop)
-    burst = Worker(app, WorkerConfig(burst=True, handle_signals=False))
+    burst = app.worker(WorkerConfig(burst=True, handle_signals=False))
     burst.run()  # returns once drained
     assert "scheduler" not in burst.services

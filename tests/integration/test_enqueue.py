@@ -29,7 +29,7 @@ from psycopg import pq, sql
 from jobqueue import JobQueue, PayloadError, SchemaNotMigratedError, UnknownTaskError
 from jobqueue import sql as queries
 from jobqueue.db import migrate
-from jobqueue.enqueue import encode_args
+from jobqueue.payload import encode_args
 from tests.helpers import count, wait_until, worker_thread
 
 Conn = psycopg.Connection[Any]

@@ -23,11 +23,13 @@ import psycopg
 import pytest
 from psycopg import pq, sql
 
-from jobqueue import JobQueue, PayloadError, enqueue
+from jobqueue import JobQueue, PayloadError
+from jobqueue.db import jobs
+from jobqueue.protocol import job_channel
 from tests.helpers import count
 
 Conn = psycopg.Connection[Any]
-N = enqueue.COPY_THRESHOLD
+N = jobs.COPY_THRESHOLD
 # Characters COPY's text format gives a meaning to, in every column that takes text.
 AWKWARD = "tab\there, newline\nhere, CR\rhere, backslash\\here, \\N, \\t, é, \u2028"
 
@@ -58,7 +60,7 @@ def stored(conn: Conn, schema: str, ids: list[int]) -> dict[int, tuple[Any, ...]
 
 def listen(pg_dsn: str, app: JobQueue) -> psycopg.Connection[Any]:
     listener = psycopg.connect(pg_dsn, autocommit=True)
-    listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(app.settings.channel)))
+    listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(job_channel(app.schema))))
     return listener
 
 
@@ -112,7 +114,7 @@ def test_rollback_leaves_nothing_and_notifies_nobody(
         assert count(admin, app.schema, "jobs") == 0
         assert stored(admin, app.schema, ids) == {}
         # A NOTIFY to compare with: the listener does hear what is sent.
-        admin.execute("SELECT pg_notify(%s, 'probe')", (app.settings.channel,))
+        admin.execute("SELECT pg_notify(%s, 'probe')", (job_channel(app.schema),))
         heard = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
     assert heard == ["probe"]
 

@@ -64,7 +64,7 @@ def test_rate_limit_holds_across_two_workers(app: JobQueue, pg_dsn: str, admin: 
     with worker_thread(app, **config) as first, worker_thread(app, **config) as second:
         app.enqueue_many([("limited", {})] * total)
         wait_until(lambda: len(claimed_at) == total, 30, message="every job to run")
-        by_worker = (first.executor.started, second.executor.started)
+        by_worker = (first.state.started, second.state.started)
     assert count(admin, app.schema, "jobs") == 0
     assert count(admin, app.schema, "dead_jobs") == 0
 
@@ -108,7 +108,7 @@ def test_jobs_behind_a_held_lock_key_are_not_blocked(
                       "AND state = 'running'") == [same[0]]
         gate.touch()
         wait_until(lambda: len(done) == 6, 20, message="the key's jobs to run")
-        assert worker.executor.started == 6  # each once
+        assert worker.state.started == 6  # each once
     assert done[2:] == ["k0", "k1", "k2", "k3"]  # one at a time, in order
     assert count(admin, app.schema, "jobs") == 0
     assert count(admin, app.schema, "job_locks") == 0
@@ -270,8 +270,8 @@ def deaf(monkeypatch: pytest.MonkeyPatch) -> None:
     base = listener_module.Listener
 
     class Deaf(base):  # type: ignore[misc, valid-type]
-        def __init__(self, dsn: str, *args: Any, **kwargs: Any) -> None:
-            super().__init__(deaf_dsn(dsn), *args, **kwargs)
+        def __init__(self, store: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(store, *args, **kwargs, listen_dsn=deaf_dsn(store.dsn))
 
     monkeypatch.setattr(worker_module, "Listener", Deaf)
 

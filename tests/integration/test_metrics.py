@@ -20,7 +20,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue import ConfigError, JobQueue, PermanentError
-from jobqueue.overview import queue_overview
 from tests.helpers import count, wait_until, worker_thread
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -149,7 +148,7 @@ def test_outcome_buckets_count_every_outcome_once(app: JobQueue,
         "GROUP BY queue ORDER BY queue").fetchall()
     assert totals == [("default", 40, 0, 0), ("other", 0, 5, 5)]
     with app.connect() as conn:
-        by_queue = {q.queue: q for q in queue_overview(conn, app.schema)}
+        by_queue = {q.queue: q for q in app.stats(conn)}
     assert (by_queue["default"].succeeded_1m, by_queue["default"].dead_1m) == (40, 0)
     assert (by_queue["other"].retried_1m, by_queue["other"].dead_1m) == (5, 5)
     assert by_queue["other"].dead == 5

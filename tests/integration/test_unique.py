@@ -181,6 +181,22 @@ def test_key_is_free_again_once_the_job_finished(
         wait_until(lambda: tasks == [1, 2], message="the second job to run")
 
 
+class HookedCursor(psycopg.Cursor[Any]):
+    """Runs its connection's hooks after the statements that matter (see below)."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        cur = super().execute(query, params, **kwargs)
+        conn = self.connection
+        assert isinstance(conn, HookedConnection)
+        text = query.as_string(conn) if isinstance(query, sql.Composable) else str(query)
+        if cur.rowcount == 0 and "ON CONFLICT (unique_key)" in text:
+            type(conn).conflicts += 1
+            conn.after_conflict()
+        elif cur.rowcount == 0 and "WHERE unique_key =" in text:
+            conn.after_miss()
+        return cur
+
+
 class HookedConnection(psycopg.Connection[Any]):
     """A real connection that runs ``after_conflict`` when an enqueue INSERT found the
     key taken, before jobqueue looks up the job holding it (the moment that job may
@@ -190,15 +206,9 @@ class HookedConnection(psycopg.Connection[Any]):
     after_miss: Callable[[], object] = staticmethod(lambda: None)
     conflicts = 0
 
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        cur = super().execute(query, params, **kwargs)
-        text = query.as_string(self) if isinstance(query, sql.Composable) else str(query)
-        if cur.rowcount == 0 and "ON CONFLICT (unique_key)" in text:
-            type(self).conflicts += 1
-            self.after_conflict()
-        elif cur.rowcount == 0 and "WHERE unique_key =" in text:
-            self.after_miss()
-        return cur
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cursor_factory = HookedCursor
 
 
 @pytest.fixture

@@ -50,8 +50,8 @@ class IdleSpy:
                 self.sleeping = False
 
     def idle(self) -> bool:
-        executor = self.fetcher.executor
-        return self.sleeping and not executor.inflight and not self.fetcher.poke.is_set()
+        state = self.fetcher.state
+        return self.sleeping and not state.inflight and not state.wake.is_set()
 
 
 def test_notify_starts_a_committed_job_well_under_a_second(
@@ -147,7 +147,7 @@ class InFlight:
             self.now += 1
             self.peak = max(self.peak, self.now)
             if self.worker is not None:
-                self.held_peak = max(self.held_peak, len(self.worker.executor.inflight))
+                self.held_peak = max(self.held_peak, len(self.worker.state.inflight))
 
     def leave(self, n: int) -> None:
         with self.lock:
@@ -243,7 +243,7 @@ def test_burst_drains_the_queue_and_returns(app: JobQueue, admin: psycopg.Connec
 
     total = 40
     app.enqueue_many([("work", {"n": n}) for n in range(total)])
-    worker = Worker(app, WorkerConfig(burst=True, handle_signals=False, concurrency=8))
+    worker = app.worker(WorkerConfig(burst=True, handle_signals=False, concurrency=8))
     thread, errors = run_in_thread(worker.run)
     thread.join(30)
     assert not thread.is_alive(), "a burst worker did not return"

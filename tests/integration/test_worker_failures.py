@@ -23,9 +23,10 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from jobqueue import JobContext, JobQueue, PermanentError, Retry, RetryAfter, sql
+from jobqueue.config import Settings
+from jobqueue.db.store import AsyncStore, PoolOptions
 from jobqueue.log import get_logger
 from jobqueue.worker.fetcher import Fetcher
 from jobqueue.worker.maintenance import Maintenance
@@ -369,8 +370,8 @@ def test_jobs_run_by_polling_while_listen_is_down_and_listen_comes_back(
 
         # Cut the listener's session, and keep it from coming back for a while
         # by pointing it at a port where nothing listens.
-        real_dsn = listener.dsn
-        listener.dsn = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
+        real_dsn = listener.listen_dsn
+        listener.listen_dsn = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1"
         terminated = admin.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone()
         assert terminated == (True,)
         wait_until(lambda: not listener.healthy and fetcher.fast_poll, 10,
@@ -385,7 +386,7 @@ def test_jobs_run_by_polling_while_listen_is_down_and_listen_comes_back(
 
         # The database is reachable again: the same worker, not restarted,
         # listens on a new session and records it.
-        listener.dsn = real_dsn
+        listener.listen_dsn = real_dsn
         second = wait_until(lambda: listener.healthy
                             and (listener_pid(admin, app.schema, worker.id) or first) != first
                             and listener_pid(admin, app.schema, worker.id), 20,
@@ -442,13 +443,13 @@ def wait_for_server_age(admin: psycopg.Connection[Any], seconds: float) -> None:
 
 def one_round(dsn: str, schema: str, **options: float) -> bool:
     async def run() -> bool:
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            dsn, min_size=1, max_size=1, open=False, kwargs={"autocommit": True})
-        await pool.open(wait=True)
+        store = AsyncStore(Settings(dsn, schema), probe=False,
+                           options=PoolOptions(min_size=1, max_size=1, autocommit=True))
         try:
-            return await Maintenance(pool, schema, get_logger("test"), **options).round()
+            return await Maintenance(store, get_logger("test"), interval=1.0,
+                                     **options).round()
         finally:
-            await pool.close()
+            await store.aclose()
 
     return asyncio.run(run())
 

@@ -9,6 +9,7 @@ context (job id, correlation id) is bound for its own task only.
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,12 +19,12 @@ import structlog
 from prometheus_client import REGISTRY
 
 from jobqueue import PayloadError, PermanentError
-from jobqueue.enqueue import CORRELATION_LIMIT, check_correlation_id, current_correlation_id
-from jobqueue.metrics import Snapshot, WorkerBeat, WorkerMetrics
-from jobqueue.overview import QueueOverview
-from jobqueue.worker.jobs import ClaimedJob
+from jobqueue.metrics import Snapshot, WorkerMetrics
+from jobqueue.outcome import DeadReason, ErrorEntry, Outcome
+from jobqueue.payload import CORRELATION_LIMIT, check_correlation_id, current_correlation_id
+from jobqueue.protocol import probe_channel
+from jobqueue.rows import ClaimedJob, QueueOverview, WorkerBeat
 from jobqueue.worker.lifecycle import Lifecycle
-from jobqueue.worker.listener import probe_channel
 
 
 class RecordingLog:
@@ -73,7 +74,8 @@ def test_each_worker_has_its_own_registry_and_none_uses_the_global_one() -> None
     a, b = WorkerMetrics(), WorkerMetrics()
     life = Lifecycle(RecordingLog(), a)
     j = job()
-    life.succeeded(j, life.started(j))
+    life.started(j)
+    life.finished(Outcome.succeeded(j, 0.001))
     assert sample(a, "jobqueue_jobs_total", queue="mail", task="send", outcome="succeeded") == 1
     assert sample(b, "jobqueue_jobs_total", queue="mail", task="send", outcome="succeeded") \
         is None
@@ -93,12 +95,16 @@ def test_lifecycle_counts_every_outcome_exactly_and_times_it() -> None:
             n += 1
             j = job(job_id=n, correlation_id=f"req-{n}")
             started = life.started(j)
+            duration = time.monotonic() - started
             if outcome == "succeeded":
-                life.succeeded(j, started)
+                life.finished(Outcome.succeeded(j, duration))
             elif outcome == "retried":
-                life.retrying(j, started, ConnectionError("flaky"), delay=1.5)
+                life.finished(Outcome.retry(j, duration, 1.5, ErrorEntry.of_exception(
+                    j.attempts, "w", ConnectionError("flaky"))))
             else:
-                life.dead(j, started, "permanent", PermanentError("no"))
+                life.finished(Outcome.dead(j, duration, DeadReason.PERMANENT,
+                                           ErrorEntry.of_exception(j.attempts, "w",
+                                                                   PermanentError("no"))))
     for outcome, times in outcomes:
         assert sample(m, "jobqueue_jobs_total", queue="mail", task="send",
                       outcome=outcome) == times

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from jobqueue import JobQueueError, PayloadError
 from jobqueue.config import DEFAULT_PAYLOAD_LIMIT, redact_dsn
-from jobqueue.enqueue import check_run_at, delay_seconds, encode_args
+from jobqueue.payload import check_run_at, delay_seconds, encode_args
 
 LIMIT = DEFAULT_PAYLOAD_LIMIT
 

@@ -113,7 +113,7 @@ class BadOrder(PermanentError):
 
 TABLE: list[tuple[str, Retry, BaseException, Decision, str]] = [
     # (case, policy, raised on attempt 1 of 5, decision, reason)
-    ("any error retries by default", Retry(), RuntimeError("x"), Decision.RETRY, ""),
+    ("any error retries by default", Retry(), RuntimeError("x"), Decision.RETRY, None),
     ("PermanentError dies at once", Retry(), PermanentError("x"), Decision.DEAD, "permanent"),
     ("a PermanentError subclass too", Retry(), BadOrder("x"), Decision.DEAD, "permanent"),
     ("PermanentError beats retry_on", Retry(retry_on=(PermanentError,)), PermanentError("x"),
@@ -125,18 +125,18 @@ TABLE: list[tuple[str, Retry, BaseException, Decision, str]] = [
     ("dead_on wins over retry_on", Retry(retry_on=(ValueError,), dead_on=(ValueError,)),
      ValueError("x"), Decision.DEAD, "permanent"),
     ("dead_on leaves other errors alone", Retry(dead_on=(ValueError,)), KeyError("x"),
-     Decision.RETRY, ""),
+     Decision.RETRY, None),
     ("retry_on retries its types", Retry(retry_on=(ConnectionError,)), ConnectionError("x"),
-     Decision.RETRY, ""),
+     Decision.RETRY, None),
     ("retry_on retries subclasses", Retry(retry_on=(ConnectionError,)), FlakyNetwork("x"),
-     Decision.RETRY, ""),
+     Decision.RETRY, None),
     ("outside retry_on dies at once", Retry(retry_on=(ConnectionError,)), KeyError("x"),
      Decision.DEAD, "permanent"),
     ("RetryAfter retries even outside retry_on", Retry(retry_on=(ConnectionError,)),
-     RetryAfter(3), Decision.RETRY, ""),
+     RetryAfter(3), Decision.RETRY, None),
     ("a timeout retries even outside retry_on", Retry(retry_on=(ConnectionError,)),
-     HandlerTimeoutError("slow"), Decision.RETRY, ""),
-    ("asyncio's timeout retries", Retry(), asyncio.TimeoutError(), Decision.RETRY, ""),
+     HandlerTimeoutError("slow"), Decision.RETRY, None),
+    ("asyncio's timeout retries", Retry(), asyncio.TimeoutError(), Decision.RETRY, None),
 ]
 
 
@@ -158,7 +158,7 @@ def test_retryable_errors_retry_until_attempts_run_out(exc: BaseException, max_a
     attempt = data.draw(st.integers(1, max_attempts + 5))
     decision, reason = Retry().decide(exc, attempt, max_attempts)
     if attempt < max_attempts:
-        assert (decision, reason) == (Decision.RETRY, "")
+        assert (decision, reason) == (Decision.RETRY, None)
     else:
         assert (decision, reason) == (Decision.DEAD, "exhausted")
 
@@ -168,7 +168,7 @@ def test_timeouts_that_run_out_of_attempts_die_as_timeout(exc: BaseException, ma
                                                           data: st.DataObject) -> None:
     attempt = data.draw(st.integers(1, max_attempts + 5))
     decision, reason = Retry().decide(exc, attempt, max_attempts)
-    expected = (Decision.RETRY, "") if attempt < max_attempts else (Decision.DEAD, "timeout")
+    expected = (Decision.RETRY, None) if attempt < max_attempts else (Decision.DEAD, "timeout")
     assert (decision, reason) == expected
 
 

@@ -50,8 +50,8 @@ def test_loader_rejects_a_file_naming_a_statement_twice(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("name", queries.statement_names())
 def test_statement_composes_with_the_schema_quoted(name: str) -> None:
-    plain = queries.query(name, "jobqueue").as_string(None)
-    weird = queries.query(name, WEIRD).as_string(None)
+    plain = queries.compose(name, "jobqueue", channel="c").as_string(None)
+    weird = queries.compose(name, WEIRD, channel="c").as_string(None)
     assert plain.strip(), f"{name} is empty"
     assert "{" + "schema}" not in plain and "{" + "schema}" not in weird
     if '"jobqueue".' in plain:
@@ -85,7 +85,8 @@ def test_every_statement_the_code_asks_for_exists() -> None:
     package = Path(jobqueue.__file__).parent
     wanted: set[str] = set()
     for source in package.rglob("*.py"):
-        wanted |= set(re.findall(r"\bquery\(\s*\"(\w+)\"", source.read_text(encoding="utf-8")))
+        wanted |= set(re.findall(r"\b(?:query|Op|Copy|run|rows|row|scalar|rowcount)\(\s*\"(\w+)\"",
+                                 source.read_text(encoding="utf-8")))
     assert len(wanted) >= 10  # the scan finds the calls
     assert wanted - set(queries.statement_names()) == set()
 

@@ -1,0 +1,74 @@
+"""Procedures of the operators' tools: dead jobs, queue controls, the overview, cron.
+
+The filters of every dead-jobs command share one SQL fragment
+(``fragment_dead_filter``) where each filter is optional (NULL means "any"),
+so one static statement serves every combination.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobqueue.config import DEFAULT_WORKER_TIMEOUT
+from jobqueue.db.fleet import notify
+from jobqueue.db.statement import Op, Procedure, row, rows, run, scalar
+from jobqueue.protocol import SETTINGS_CHANGED
+from jobqueue.rows import (
+    DeadJob,
+    DeadJobSummary,
+    JobId,
+    QueueOverview,
+    ReplayedRow,
+    StoredSchedule,
+)
+
+# -- dead jobs ------------------------------------------------------------------------------
+
+
+def dead_list(where: dict[str, Any], limit: int) -> Op:
+    return rows("dead_list", {**where, "limit": limit}, DeadJobSummary)
+
+
+def dead_count(where: dict[str, Any]) -> Op:
+    return scalar("dead_count", where)
+
+
+def dead_show(job_id: int) -> Op:
+    return row("dead_show", {"id": job_id}, DeadJob)
+
+
+def dead_purge(where: dict[str, Any]) -> Op:
+    return rows("dead_purge", where, JobId)
+
+
+def dead_replay_batch(where: dict[str, Any], after_id: int, limit: int,
+                      channel: str) -> Op:
+    """One batch of a replay: new jobs inserted and the dead rows marked, in one
+    statement. Batches walk the ids upwards (``after_id``)."""
+    return rows("dead_replay", {**where, "after_id": after_id, "limit": limit,
+                                "channel": channel}, ReplayedRow)
+
+
+# -- queue controls -------------------------------------------------------------------------
+
+
+def set_queue(statement: str, params: dict[str, Any], control: str) -> Procedure[None]:
+    """Change a queue's controls and tell every worker at once (they also re-read
+    them every second, in case they miss the NOTIFY)."""
+    yield run(statement, params)
+    yield notify(control, SETTINGS_CHANGED)
+
+
+# -- overview and schedules -----------------------------------------------------------------
+
+
+def queue_overview(worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> Op:
+    """Per queue: depth, age, outcomes over the last minute, paused, live workers.
+
+    One statement feeds ``jobqueue stats``, the metrics gauges and ``doctor``.
+    """
+    return rows("queue_overview", {"worker_timeout": worker_timeout}, QueueOverview)
+
+
+def stored_schedules() -> Op:
+    return rows("cron_list", None, StoredSchedule)

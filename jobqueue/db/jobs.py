@@ -1,0 +1,269 @@
+"""Procedures on live jobs: insert, claim, acknowledge, release, cancel.
+
+Each function returns a procedure (see :mod:`jobqueue.db.statement`) for a
+Store to run; none of them does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from psycopg.sql import Identifier
+
+from jobqueue.db.statement import (
+    Copy,
+    InPipeline,
+    Op,
+    Pipeline,
+    Procedure,
+    Transaction,
+    row,
+    rows,
+    run,
+    scalar,
+)
+from jobqueue.enqueue import JobBatch
+from jobqueue.errors import DatabaseError, DuplicateJobError
+from jobqueue.outcome import CANCELLED_QUEUED, Kind, Outcome
+from jobqueue.protocol import cancel_message
+from jobqueue.rows import ClaimedJob, HeldJob, JobId, QueueCapacity, QueueSettings, ReservedIds
+
+# How often an enqueue with a unique_key tries again when the live job that
+# blocked its INSERT finished before the lookup could return it.
+UNIQUE_ATTEMPTS = 3
+
+# From this many jobs on, enqueue_many sends them with COPY. One INSERT ...
+# unnest is a single round trip, COPY three (ids, COPY, its data), but the
+# arrays unnest needs are built and parsed element by element on both sides,
+# while COPY's rows are one text stream: per job it costs less than half.
+COPY_THRESHOLD = 1000
+COPY_CHUNK = 1000  # rows per write into the COPY stream
+
+
+# -- insert --------------------------------------------------------------------------------
+
+
+def insert(batch: JobBatch) -> Procedure[list[int]]:
+    """Insert ``batch``; the ids in input order."""
+    if len(batch) == 1:
+        return [(yield from _insert_one(batch))]
+    # COPY is not allowed in pipeline mode: a caller's pipeline gets the INSERT.
+    if len(batch) >= COPY_THRESHOLD and not (yield InPipeline()):
+        ids: list[int] = yield Transaction(_copy(batch))
+        return ids
+    inserted: list[JobId] = yield rows("insert_jobs", batch.many(), JobId)
+    return [r.id for r in inserted]
+
+
+def _insert_one(batch: JobBatch) -> Procedure[int]:
+    params = batch.one()
+    for _ in range(UNIQUE_ATTEMPTS):
+        inserted: JobId | None = yield row("insert_job", params, JobId)
+        if inserted is not None:
+            return inserted.id
+        # ON CONFLICT on unique_key: the live job that holds the key. Read
+        # committed gives this statement a newer snapshot than the INSERT's, so
+        # that job may have finished in between: then the key is free, insert again.
+        found: int | None = yield scalar("find_unique_job", {"unique_key": batch.unique_key})
+        if found is not None:
+            if batch.raise_on_duplicate:
+                assert batch.unique_key is not None
+                raise DuplicateJobError(batch.unique_key, found)
+            return found
+    raise DatabaseError("the live job holding this unique_key kept finishing between "
+                        "insert and lookup; enqueue again")
+
+
+def _copy(batch: JobBatch) -> Procedure[list[int]]:
+    """enqueue_many by COPY: the ids drawn first, then the rows in one stream.
+
+    Run in a transaction (a savepoint in the caller's): on an autocommit
+    connection the NOTIFY of the first statement would otherwise go out before
+    the rows exist.
+    """
+    table = Identifier(batch.schema, "jobs").as_string(None)
+    reserved: ReservedIds = yield row("reserve_job_ids", {
+        "n": len(batch), "queues": sorted(set(batch.queues)), "table": table,
+        **batch.shared()}, ReservedIds)
+    yield Copy("copy_jobs", copy_rows(reserved.ids, batch, reserved.run_at))
+    return reserved.ids
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format: backslash, tab, newline and CR escaped."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                 .replace("\r", "\\r"))
+    return value
+
+
+def copy_rows(ids: list[int], batch: JobBatch, run_at: str) -> Iterator[str]:
+    """The rows of copy_jobs, ``COPY_CHUNK`` at a time, in input order."""
+    escaped: dict[str, str] = {}
+
+    def text(value: str) -> str:
+        out = escaped.get(value)
+        if out is None:
+            out = escaped[value] = _copy_text(value)
+        return out
+
+    # correlation_id and lock_key are the same for every job; \N is NULL.
+    shared = "\t".join("\\N" if value is None else _copy_text(value)
+                       for value in (batch.correlation_id, batch.lock_key))
+    run_at = _copy_text(run_at)
+    queues, tasks, args = batch.queues, batch.tasks, batch.args
+    priorities, attempts = batch.priorities, batch.max_attempts
+    for first in range(0, len(ids), COPY_CHUNK):
+        yield "".join(
+            f"{ids[i]}\t{text(queues[i])}\t{text(tasks[i])}\t{_copy_text(args[i])}\t"
+            f"{priorities[i]}\t{run_at}\t{attempts[i]}\t{shared}\n"
+            for i in range(first, min(len(ids), first + COPY_CHUNK)))
+
+
+# -- claim ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One claim: ``limit`` jobs at most, from ``queues`` in this order.
+
+    ``limited`` are the queues with fleet-wide limits, ``lock_keys`` their
+    advisory keys (sorted), ``rated`` those with a rate limit.
+    """
+
+    worker_id: str
+    lease: float
+    limit: int
+    queues: list[str]
+    ranked: bool
+    oldest: bool
+    limited: list[str] = field(default_factory=list)
+    lock_keys: list[int] = field(default_factory=list)
+    rated: list[str] = field(default_factory=list)
+
+    def params(self, limits: list[int]) -> dict[str, object]:
+        return {"worker_id": self.worker_id, "lease": self.lease, "limit": self.limit,
+                "ranked": self.ranked, "queues": self.queues, "limits": limits}
+
+    @property
+    def statement(self) -> str:
+        return "claim_oldest" if self.oldest else "claim"
+
+
+def queue_settings(queues: Sequence[str] | None) -> Op:
+    return rows("queue_settings", {"queues": None if queues is None else list(queues)},
+                QueueSettings)
+
+
+def claim(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
+    claimed: list[ClaimedJob]
+    if not req.limited:
+        claimed = yield rows(req.statement, req.params([req.limit] * len(req.queues)), ClaimedJob)
+    else:
+        claimed = yield Transaction(_limited_claim(req))
+    return claimed
+
+
+def _limited_claim(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
+    # Sorted keys, so two workers serving overlapping queues lock in the same
+    # order and cannot deadlock. The count runs in a statement after the lock
+    # is granted, so its snapshot includes every claim of the previous holder.
+    for key in req.lock_keys:
+        yield run("advisory_xact_lock", {"key": key})
+    found: list[QueueCapacity] = yield rows("queue_capacity", {"queues": req.limited},
+                                            QueueCapacity)
+    capacity = {c.name: c.capacity for c in found}
+    limits = [min(req.limit, capacity.get(q, req.limit)) for q in req.queues]
+    jobs: list[ClaimedJob] = yield rows(req.statement, req.params(limits), ClaimedJob)
+    if req.rated and jobs:
+        counts = {q: sum(1 for j in jobs if j.queue == q) for q in req.rated}
+        yield run("queue_window_add", {"queues": list(counts), "counts": list(counts.values())})
+    return jobs
+
+
+def next_run_at(queues: Sequence[str]) -> Op:
+    return scalar("next_run_at", {"queues": list(queues)})
+
+
+# -- outcomes ------------------------------------------------------------------------------
+
+
+def record(outcomes: Sequence[Outcome], unlock: Sequence[int],
+           worker_id: str) -> Procedure[None]:
+    """Persist a batch of outcomes in one round trip (the completer's flush).
+
+    One DELETE for every success, one UPDATE for every retry, one DELETE-INSERT
+    for every dead job, the release of finished jobs' lock keys and the per-queue
+    outcome counts. Each statement is guarded by ``locked_by`` on its own, so a
+    flush sent twice changes nothing the second time.
+    """
+    by_kind: dict[Kind, list[Outcome]] = {kind: [] for kind in Kind}
+    tally: dict[str, list[int]] = {}
+    for o in outcomes:
+        by_kind[o.kind].append(o)
+        if o.kind is not Kind.RELEASED:
+            counts = tally.setdefault(o.job.queue, [0, 0, 0])
+            counts[(Kind.SUCCEEDED, Kind.RETRIED, Kind.DEAD).index(o.kind)] += 1
+    ops: list[Op] = []
+    if ok := by_kind[Kind.SUCCEEDED]:
+        ops.append(run("ack_succeeded", {"ids": [o.job.id for o in ok], "worker_id": worker_id}))
+    if retries := by_kind[Kind.RETRIED]:
+        ops.append(run("ack_retry", {
+            "ids": [o.job.id for o in retries], "attempts": [o.job.attempts for o in retries],
+            "delays": [o.delay for o in retries],
+            "errors": [o.error.to_json() for o in retries if o.error is not None],
+            "worker_id": worker_id}))
+    if dead := by_kind[Kind.DEAD]:
+        ops.append(run("ack_dead", {
+            "ids": [o.job.id for o in dead],
+            "reasons": [o.reason.value if o.reason else None for o in dead],
+            "errors": [o.error.to_json() if o.error else None for o in dead],
+            "worker_id": worker_id}))
+    if released := by_kind[Kind.RELEASED]:
+        ops.append(run("release_jobs", {"ids": [o.job.id for o in released],
+                                        "worker_id": worker_id}))
+    if unlock:
+        ops.append(run("release_locks", {"ids": list(unlock), "worker_id": worker_id}))
+    if tally:
+        queues = sorted(tally)
+        ops.append(run("count_outcomes", {
+            "queues": queues, "succeeded": [tally[q][0] for q in queues],
+            "retried": [tally[q][1] for q in queues], "dead": [tally[q][2] for q in queues]}))
+    if ops:
+        yield Pipeline(tuple(ops))
+
+
+def release_all(worker_id: str) -> Procedure[int]:
+    """Shutdown: hand back every job still running here, and their lock keys."""
+    released: list[JobId] = yield rows("release_jobs", {"ids": None, "worker_id": worker_id},
+                                       JobId)
+    ids = [r.id for r in released]
+    if ids:
+        yield run("release_locks", {"ids": ids, "worker_id": worker_id})
+    return len(ids)
+
+
+def extend_leases(ids: list[int], worker_id: str, lease: float) -> Op:
+    return rows("heartbeat_jobs", {"ids": ids, "worker_id": worker_id, "lease": lease}, HeldJob)
+
+
+def is_live(job_id: int) -> Op:
+    """Whether the job is queued, scheduled or running."""
+    return scalar("job_is_live", {"id": job_id})
+
+
+# -- cancel --------------------------------------------------------------------------------
+
+
+def cancel(job_id: int, control: str) -> Procedure[str]:
+    """``cancelled`` (queued: now dead, reason cancelled), ``cancelling`` (running:
+    its worker is told), or ``not_found``."""
+    kind, message = CANCELLED_QUEUED
+    if (yield scalar("cancel_queued", {"id": job_id, "error_type": kind,
+                                       "error_message": message})) is not None:
+        return "cancelled"
+    if (yield rows("cancel_running", {"id": job_id}, JobId)):
+        yield run("notify", {"channel": control, "message": cancel_message(job_id)})
+        return "cancelling"
+    return "not_found"

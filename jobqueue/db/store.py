@@ -1,0 +1,351 @@
+"""The Store: the only code that executes SQL.
+
+Procedures (:mod:`jobqueue.db.statement`) go in, typed rows come out, and every
+psycopg error leaves as a :class:`~jobqueue.DatabaseError` with one readable
+line, from here and nowhere else. :class:`Store` is the sync face,
+:class:`AsyncStore` the async one; the two share everything but the few
+lines that run a step, so they cannot drift.
+
+Either face runs a procedure on a connection the caller passes (psycopg,
+SQLAlchemy: the caller's transaction, never committed here) or on one of its
+own pool (committed when the procedure ends). The first use checks, without
+any statement that could fail, that the schema is migrated: a failed
+statement would abort a caller's transaction and take their writes with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from jobqueue import embedded, sql
+from jobqueue.config import Settings, migrate_hint
+from jobqueue.db.drivers import async_connection, sync_connection
+from jobqueue.db.statement import (
+    InPipeline,
+    Op,
+    Pipeline,
+    Procedure,
+    Step,
+    Transaction,
+    scalar,
+    single,
+)
+from jobqueue.errors import DatabaseError, SchemaNotMigratedError
+
+T = TypeVar("T")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def database_error(exc: psycopg.Error) -> DatabaseError:
+    """The jobqueue error for a psycopg one: one line, the real reason."""
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseError(f"database unavailable: {first_line(exc)}")
+    return DatabaseError(f"database error: {first_line(exc)}")
+
+
+def resolve_dsn(settings: Settings) -> str:
+    """The DSN to connect to; resolving the default starts the embedded Postgres."""
+    return settings.dsn if settings.dsn is not None else embedded.dsn()
+
+
+@dataclass(frozen=True)
+class PoolOptions:
+    """How a Store's own pool connects. The producer's pool is the default."""
+
+    name: str = "jobqueue-producer"
+    min_size: int = 1
+    max_size: int = 4
+    autocommit: bool = False
+    application_name: str | None = None
+    #: Session settings every new connection gets (see worker connections).
+    settings: tuple[str, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def connect_kwargs(self, settings: Settings) -> dict[str, Any]:
+        out: dict[str, Any] = {"connect_timeout": settings.connect_timeout_arg, **self.kwargs}
+        if self.autocommit:
+            out["autocommit"] = True
+        if self.application_name is not None:
+            out["fallback_application_name"] = self.application_name
+        return out
+
+
+def probe_schema(schema: str) -> Procedure[None]:
+    table = psycopg.sql.Identifier(schema, "jobs").as_string(None)
+    # to_regclass never raises, so probing cannot poison a caller's transaction.
+    migrated = yield scalar("schema_probe", {"table": table})
+    if not migrated:
+        raise SchemaNotMigratedError(f"schema {schema!r} is not migrated: run "
+                                     f"{migrate_hint(schema)}")
+
+
+# -- running steps: the only lines that differ between the faces ---------------------------
+
+
+def _query(op: Op, schema: str) -> psycopg.sql.Composed:
+    if op.idents:
+        return sql.compose(op.name, schema, **dict(op.idents))
+    return sql.query(op.name, schema)
+
+
+def _advance(procedure: Procedure[Any], result: Any) -> tuple[bool, Any]:
+    """Send ``result`` in: (False, the next step), or (True, the procedure's value)."""
+    try:
+        return False, procedure.send(result)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def run_sync(conn: psycopg.Connection[Any], schema: str, procedure: Procedure[T]) -> T:
+    """Run ``procedure`` on ``conn``: each yielded step is executed, its result sent back."""
+    done, value = _advance(procedure, None)
+    while not done:
+        done, value = _advance(procedure, _step_sync(conn, schema, value))
+    return value  # type: ignore[no-any-return]
+
+
+def _step_sync(conn: psycopg.Connection[Any], schema: str, step: Step) -> Any:
+    if isinstance(step, Op):
+        with conn.cursor(row_factory=step.row_factory()) as cur:
+            cur.execute(_query(step, schema), step.params)
+            return step.result(cur.fetchall() if cur.description else [], cur.rowcount)
+    if isinstance(step, Pipeline):
+        with conn.pipeline():
+            cursors = [conn.cursor(row_factory=op.row_factory()) for op in step.ops]
+            for op, cur in zip(step.ops, cursors, strict=True):
+                cur.execute(_query(op, schema), op.params)
+        return [op.result(cur.fetchall() if cur.description else [], cur.rowcount)
+                for op, cur in zip(step.ops, cursors, strict=True)]
+    if isinstance(step, Transaction):
+        with conn.transaction():
+            return run_sync(conn, schema, step.procedure)
+    if isinstance(step, InPipeline):
+        return conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
+    with conn.cursor() as cur, cur.copy(sql.query(step.name, schema)) as copy:
+        for chunk in step.chunks:
+            copy.write(chunk)
+    return None
+
+
+async def run_async(conn: psycopg.AsyncConnection[Any], schema: str,
+                    procedure: Procedure[T]) -> T:
+    """:func:`run_sync` on an async connection."""
+    done, value = _advance(procedure, None)
+    while not done:
+        done, value = _advance(procedure, await _step_async(conn, schema, value))
+    return value  # type: ignore[no-any-return]
+
+
+async def _step_async(conn: psycopg.AsyncConnection[Any], schema: str, step: Step) -> Any:
+    if isinstance(step, Op):
+        async with conn.cursor(row_factory=step.row_factory()) as cur:
+            await cur.execute(_query(step, schema), step.params)
+            return step.result(await cur.fetchall() if cur.description else [], cur.rowcount)
+    if isinstance(step, Pipeline):
+        async with conn.pipeline():
+            cursors = [conn.cursor(row_factory=op.row_factory()) for op in step.ops]
+            for op, cur in zip(step.ops, cursors, strict=True):
+                await cur.execute(_query(op, schema), op.params)
+        return [op.result(await cur.fetchall() if cur.description else [], cur.rowcount)
+                for op, cur in zip(step.ops, cursors, strict=True)]
+    if isinstance(step, Transaction):
+        async with conn.transaction():
+            return await run_async(conn, schema, step.procedure)
+    if isinstance(step, InPipeline):
+        return conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
+    async with conn.cursor() as cur, cur.copy(sql.query(step.name, schema)) as copy:
+        for chunk in step.chunks:
+            await copy.write(chunk)
+    return None
+
+
+# -- the faces -----------------------------------------------------------------------------
+
+
+class _Base:
+    def __init__(self, settings: Settings, *, options: PoolOptions | None = None,
+                 probe: bool = True) -> None:
+        self.settings = settings
+        self.options = options or PoolOptions()
+        # Check the schema once, on first use (False: the caller checks it otherwise).
+        self._schema_ok = not probe
+        self._lock = threading.Lock()
+
+    @property
+    def schema(self) -> str:
+        return self.settings.schema
+
+    @property
+    def dsn(self) -> str:
+        return resolve_dsn(self.settings)
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """psycopg errors in, jobqueue errors out: the one place they are translated."""
+        try:
+            yield
+        except PoolTimeout as exc:  # before its base class, OperationalError
+            raise self._pool_timeout(exc) from None
+        except psycopg.Error as exc:
+            raise database_error(exc) from exc
+
+    def _pool_timeout(self, exc: Exception) -> DatabaseError:
+        """The pool only says it timed out; one direct attempt tells the person why."""
+        try:
+            psycopg.connect(self.dsn, connect_timeout=self.settings.connect_timeout_arg).close()
+        except psycopg.OperationalError as direct:
+            return database_error(direct)
+        return DatabaseError(f"database unavailable: no pooled connection within "
+                             f"{self.settings.connect_timeout:g}s ({exc})")
+
+    def _probed(self, procedure: Procedure[T]) -> Procedure[T]:
+        if not self._schema_ok:
+            yield from probe_schema(self.schema)
+            self._schema_ok = True
+        return (yield from procedure)
+
+
+class Store(_Base):
+    """The sync face: producers, admin operations, the CLI."""
+
+    def __init__(self, settings: Settings, *, options: PoolOptions | None = None,
+                 probe: bool = True) -> None:
+        super().__init__(settings, options=options, probe=probe)
+        self._pool: ConnectionPool[Any] | None = None
+
+    def pool(self) -> ConnectionPool[Any]:
+        with self._lock:
+            if self._pool is None:
+                o = self.options
+                self._pool = ConnectionPool(
+                    self.dsn, min_size=o.min_size, max_size=o.max_size, open=False,
+                    timeout=self.settings.connect_timeout, kwargs=o.connect_kwargs(self.settings),
+                    check=ConnectionPool.check_connection,
+                    # Connect on demand: after an outage the default (retry one slot
+                    # with backoff growing to minutes) keeps the pool empty long after
+                    # the database is back, and every enqueue times out meanwhile.
+                    reconnect_timeout=0, name=o.name)
+                self._pool.open(wait=False)
+            return self._pool
+
+    @overload
+    def run(self, work: Op, conn: Any = None) -> Any: ...
+
+    @overload
+    def run(self, work: Procedure[T], conn: Any = None) -> T: ...
+
+    def run(self, work: Op | Procedure[T], conn: Any = None) -> Any:
+        """Run a procedure, or one statement, on ``conn`` (the caller's transaction) or
+        on a pooled connection (committed at the end)."""
+        procedure = self._probed(as_procedure(work))
+        with self.errors():
+            if conn is not None:
+                return run_sync(sync_connection(conn), self.schema, procedure)
+            with self.pool().connection() as own:
+                return run_sync(own, self.schema, procedure)
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A new, unpooled connection (the caller closes it)."""
+        with self.errors():
+            return psycopg.connect(self.dsn, connect_timeout=self.settings.connect_timeout_arg,
+                                   **kwargs)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+
+class AsyncStore(_Base):
+    """The async face: async producers and the worker."""
+
+    def __init__(self, settings: Settings, *, options: PoolOptions | None = None,
+                 probe: bool = True) -> None:
+        super().__init__(settings, options=options, probe=probe)
+        self._pool: AsyncConnectionPool[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def pool(self, wait: bool = False) -> AsyncConnectionPool[Any]:
+        loop = asyncio.get_running_loop()
+        if self._pool is not None and self._loop is not loop:
+            # An asyncio pool belongs to the loop that opened it (each
+            # asyncio.run() makes a new one): open a fresh pool for this loop.
+            self._pool = None
+        if self._pool is None:
+            o = self.options
+            configure = _configure(self.schema, o.settings) if o.settings else None
+            pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                self.dsn, min_size=o.min_size, max_size=o.max_size, open=False,
+                timeout=self.settings.connect_timeout, kwargs=o.connect_kwargs(self.settings),
+                check=AsyncConnectionPool.check_connection, configure=configure,
+                reconnect_timeout=0, name=o.name)  # on demand: see Store.pool
+            self._pool, self._loop = pool, loop
+            with self.errors():
+                await pool.open(wait=wait, timeout=self.settings.connect_timeout)
+        return self._pool
+
+    @overload
+    async def run(self, work: Op, conn: Any = None) -> Any: ...
+
+    @overload
+    async def run(self, work: Procedure[T], conn: Any = None) -> T: ...
+
+    async def run(self, work: Op | Procedure[T], conn: Any = None) -> Any:
+        """:meth:`Store.run`, awaited."""
+        procedure = self._probed(as_procedure(work))
+        with self.errors():
+            if conn is not None:
+                return await run_async(await async_connection(conn), self.schema, procedure)
+            pool = await self.pool()
+            async with pool.connection() as own:
+                return await run_async(own, self.schema, procedure)
+
+    async def connect(self, dsn: str | None = None, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        """A new, unpooled connection, to ``dsn`` if given (the caller closes it)."""
+        with self.errors():
+            return await psycopg.AsyncConnection.connect(
+                dsn or self.dsn, connect_timeout=self.settings.connect_timeout_arg, **kwargs)
+
+    async def aclose(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def close(self) -> None:
+        """Close from sync code: only possible once the pool's loop has ended."""
+        pool, loop = self._pool, self._loop
+        self._pool = self._loop = None
+        if pool is None or loop is None or loop.is_closed():
+            # Its loop is gone (an asyncio.run() that ended): the pool cannot
+            # be closed from another loop; its connections go with it.
+            return
+        if loop.is_running():
+            self._pool, self._loop = pool, loop
+            raise RuntimeError("use `await app.aclose()` inside an event loop")
+        loop.run_until_complete(pool.close())
+
+
+def as_procedure(work: Op | Procedure[T]) -> Procedure[Any]:
+    return single(work) if isinstance(work, Op) else work
+
+
+def _configure(schema: str, statements: tuple[str, ...],
+               ) -> Callable[[psycopg.AsyncConnection[Any]], Any]:
+    """The pool's ``configure``: run the named session settings on each new connection."""
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        for name in statements:
+            await conn.execute(sql.query(name, schema))
+    return configure

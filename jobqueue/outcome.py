@@ -1,0 +1,129 @@
+"""What one attempt of a job came to, as a value: the :class:`Outcome`.
+
+The executor turns each attempt into exactly one ``Outcome``; the completer
+persists it (in a batch with others) and only then tells the observers (logs,
+metrics), so every outcome is written once and reported once, and what is
+reported is what the database holds.
+
+The shape of an attempt's error record, one element of a job's ``errors``
+array, is :class:`ErrorEntry`. The leader's rescue and ``cancel`` build the
+same shape in SQL (``fragment_error_entry`` in ``sql/queries.sql``), with the
+type and message constants below.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+
+from jobqueue.rows import ClaimedJob
+
+TRACEBACK_LIMIT = 8 * 1024
+MESSAGE_LIMIT = 2 * 1024
+
+#: The error type and message recorded for a job whose worker was lost.
+WORKER_LOST = ("WorkerLost", "the worker running this job died or lost its lease")
+#: ... and for a job cancelled while it was queued.
+CANCELLED_QUEUED = ("Cancelled", "cancelled while queued")
+
+
+class DeadReason(str, Enum):
+    """Why a job is in ``dead_jobs`` (its ``reason`` column)."""
+
+    EXHAUSTED = "exhausted"  # failed on its last attempt
+    PERMANENT = "permanent"  # PermanentError, a dead_on type, or not a retry_on type
+    TIMEOUT = "timeout"  # its last attempt timed out
+    UNKNOWN_TASK = "unknown_task"  # no handler of that name in the worker
+    CRASHED = "crashed"  # its worker died on its last attempt (set by the rescue)
+    CANCELLED = "cancelled"  # an operator cancelled it
+
+
+class Kind(str, Enum):
+    SUCCEEDED = "succeeded"
+    RETRIED = "retried"  # back to queued, due after ``delay``
+    DEAD = "dead"  # moved to dead_jobs with a reason
+    RELEASED = "released"  # handed back unfinished (shutdown): the attempt does not count
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEntry:
+    """One failed attempt, as stored in ``jobs.errors`` and ``dead_jobs.errors``."""
+
+    at: str
+    attempt: int
+    worker: str | None
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def of(cls, attempt: int, worker: str, type_name: str, message: str,
+           exc: BaseException | None = None) -> ErrorEntry:
+        """The entry for ``attempt``; the traceback keeps its tail (where the error is)
+        within a bounded size, so a job failing in a deep stack cannot bloat its row."""
+        tb = None
+        if exc is not None and exc.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            if len(tb) > TRACEBACK_LIMIT:
+                tb = "...\n" + tb[-TRACEBACK_LIMIT:]
+        return cls(at=datetime.now(timezone.utc).isoformat(), attempt=attempt, worker=worker,
+                   type=type_name, message=message[:MESSAGE_LIMIT], traceback=tb)
+
+    @classmethod
+    def of_exception(cls, attempt: int, worker: str, exc: BaseException) -> ErrorEntry:
+        return cls.of(attempt, worker, exception_name(exc), str(exc), exc)
+
+    def to_json(self) -> str:
+        return json.dumps({"at": self.at, "attempt": self.attempt, "worker": self.worker,
+                           "type": self.type, "message": self.message,
+                           "traceback": self.traceback})
+
+    @property
+    def first_line(self) -> str:
+        text = self.message.strip()
+        return text.splitlines()[0][:200] if text else ""
+
+
+def exception_name(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an attempt of ``job`` came to.
+
+    ``duration`` is the handler's run time (None when no handler ran: an unknown
+    task, a job cancelled before it started). ``delay`` is set for a retry,
+    ``reason`` for a dead job, ``error`` for every failure.
+    """
+
+    kind: Kind
+    job: ClaimedJob
+    duration: float | None = None
+    delay: float = 0.0
+    reason: DeadReason | None = None
+    error: ErrorEntry | None = None
+
+    @classmethod
+    def succeeded(cls, job: ClaimedJob, duration: float) -> Outcome:
+        return cls(Kind.SUCCEEDED, job, duration)
+
+    @classmethod
+    def retry(cls, job: ClaimedJob, duration: float, delay: float,
+              error: ErrorEntry) -> Outcome:
+        return cls(Kind.RETRIED, job, duration, delay=delay, error=error)
+
+    @classmethod
+    def dead(cls, job: ClaimedJob, duration: float | None, reason: DeadReason,
+             error: ErrorEntry | None) -> Outcome:
+        return cls(Kind.DEAD, job, duration, reason=reason, error=error)
+
+    @classmethod
+    def released(cls, job: ClaimedJob) -> Outcome:
+        return cls(Kind.RELEASED, job)

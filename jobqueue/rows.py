@@ -1,0 +1,235 @@
+"""Typed rows: what the Store's statements return, one class per row shape.
+
+Rows are built *by column name* (psycopg's ``class_row``), never by position:
+a statement's column list can be reordered, or grow, without silently moving
+values into the wrong field. A column a class does not declare is an error at
+once, in the test of that statement, not a wrong value later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+# -- jobs --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job as the worker claimed it."""
+
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    priority: int
+    run_at: datetime
+    created_at: datetime
+    lock_key: str | None = None
+    correlation_id: str | None = None
+    cancel_requested: bool = False  # cancelled while it waited for a retry
+
+
+@dataclass(frozen=True, slots=True)
+class JobId:
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedIds:
+    """Ids drawn for a COPY, and the jobs' shared run_at as this session prints it."""
+
+    ids: list[int]
+    run_at: str
+    notified: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldJob:
+    """A job whose lease a heartbeat extended, and whether an operator cancelled it."""
+
+    id: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RescuedJob:
+    id: int
+    queue: str
+
+
+# -- queues ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """A queue's fleet-wide controls (a row of ``queues``)."""
+
+    name: str
+    paused: bool = False
+    max_running: int | None = None
+    rate_limit: int | None = None
+    rate_period: float | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.max_running is not None or self.rate_limit is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+OPEN_QUEUE = QueueSettings(name="")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCapacity:
+    name: str
+    capacity: int
+
+
+@dataclass(frozen=True)
+class QueueOverview:
+    """One queue as ``jobqueue stats`` shows it.
+
+    ``queued`` is the number of jobs ready to run now (the name ``stats --json``
+    has always used); ``*_1m`` count outcomes over the last 50 to 60 seconds
+    (``span_seconds`` says exactly how long).
+    """
+
+    queue: str
+    queued: int
+    scheduled: int
+    running: int
+    dead: int
+    oldest_age: float | None
+    succeeded_1m: int
+    retried_1m: int
+    dead_1m: int
+    span_seconds: float
+    paused: bool
+    workers: int
+
+    @property
+    def per_second(self) -> float:
+        """Finished attempts (succeeded, retried or dead) per second over the last minute."""
+        done = self.succeeded_1m + self.retried_1m + self.dead_1m
+        return done / self.span_seconds if self.span_seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "per_second": round(self.per_second, 3)}
+
+
+# -- workers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """One row of ``workers``: who it is and how long ago it last heartbeat."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: list[str]
+    heartbeat_at: float  # epoch seconds
+    age: float
+
+
+# -- dead jobs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadJobSummary:
+    id: int
+    queue: str
+    task: str
+    reason: str
+    attempts: int
+    died_at: datetime
+    last_error_type: str | None
+    last_error: str | None
+    replay_count: int
+    replayed_at: datetime | None
+    replayed_as: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeadJob:
+    id: int
+    queue: str
+    task: str
+    args: dict[str, Any]
+    priority: int
+    run_at: datetime
+    attempts: int
+    max_attempts: int
+    unique_key: str | None
+    cron_name: str | None
+    replay_of: int | None
+    created_at: datetime
+    died_at: datetime
+    reason: str
+    errors: list[dict[str, Any]]
+    replay_count: int
+    replayed_at: datetime | None
+    replayed_as: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedRow:
+    """One row of a replay batch: a dead job and its new job (None where skipped)."""
+
+    dead_id: int | None
+    job_id: int | None
+    picked: int
+    last_id: int | None
+
+
+# -- cron --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredSchedule:
+    """A row of the ``cron`` table, as ``jobqueue cron list`` shows it."""
+
+    name: str
+    expression: str
+    timezone: str
+    task: str
+    queue: str
+    overlap: str
+    priority: int
+    catch_up: int
+    last_fire_at: datetime | None
+    next_fire_at: datetime | None
+
+    def local(self, instant: datetime | None) -> datetime | None:
+        """``instant`` on the schedule's own clock (UTC if its zone is unknown here)."""
+        if instant is None:
+            return None
+        try:
+            return instant.astimezone(ZoneInfo(self.timezone))
+        except (ZoneInfoNotFoundError, ValueError):
+            return instant.astimezone(timezone.utc)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "expression": self.expression, "timezone": self.timezone,
+            "task": self.task, "queue": self.queue, "overlap": self.overlap,
+            "priority": self.priority, "catch_up": self.catch_up,
+            "last_fire_at": _iso(self.last_fire_at), "next_fire_at": _iso(self.next_fire_at),
+        }
+
+
+def _iso(instant: datetime | None) -> str | None:
+    return instant.astimezone(timezone.utc).isoformat() if instant is not None else None
