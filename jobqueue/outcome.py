@@ -18,6 +18,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
+from typing import NamedTuple
 
 from jobqueue.rows import ClaimedJob
 
@@ -94,9 +95,8 @@ def exception_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What an attempt of ``job`` came to.
+class Outcome(NamedTuple):
+    """What an attempt of ``job`` came to (a tuple: one is made per job, on the hot path).
 
     ``duration`` is the handler's run time (None when no handler ran: an unknown
     task, a job cancelled before it started). ``delay`` is set for a retry,

@@ -1,6 +1,6 @@
 """Typed rows: what the Store's statements return, one class per row shape.
 
-Rows are built *by column name* (psycopg's ``class_row``), never by position:
+Rows are built *by column name* (:func:`jobqueue.db.statement.named_row`), never by position:
 a statement's column list can be reordered, or grow, without silently moving
 values into the wrong field. A column a class does not declare is an error at
 once, in the test of that statement, not a wrong value later.

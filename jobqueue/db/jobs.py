@@ -202,9 +202,12 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int],
     tally: dict[str, list[int]] = {}
     for o in outcomes:
         by_kind[o.kind].append(o)
-        if o.kind is not Kind.RELEASED:
-            counts = tally.setdefault(o.job.queue, [0, 0, 0])
-            counts[(Kind.SUCCEEDED, Kind.RETRIED, Kind.DEAD).index(o.kind)] += 1
+        column = _TALLIED.get(o.kind)
+        if column is not None:
+            counts = tally.get(o.job.queue)
+            if counts is None:
+                counts = tally[o.job.queue] = [0, 0, 0]
+            counts[column] += 1
     ops: list[Op] = []
     if ok := by_kind[Kind.SUCCEEDED]:
         ops.append(run("ack_succeeded", {"ids": [o.job.id for o in ok], "worker_id": worker_id}))
@@ -232,6 +235,10 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int],
             "retried": [tally[q][1] for q in queues], "dead": [tally[q][2] for q in queues]}))
     if ops:
         yield Pipeline(tuple(ops))
+
+
+# The outcome columns of job_counts; a released job is no outcome.
+_TALLIED = {Kind.SUCCEEDED: 0, Kind.RETRIED: 1, Kind.DEAD: 2}
 
 
 def release_all(worker_id: str) -> Procedure[int]:

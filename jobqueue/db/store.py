@@ -72,6 +72,11 @@ class PoolOptions:
     application_name: str | None = None
     #: Session settings every new connection gets (see worker connections).
     settings: tuple[str, ...] = ()
+    #: Check a connection before lending it (a round trip each time): worth it for a
+    #: producer, whose first enqueue after an outage should not fail on a dead
+    #: socket; not for the worker, whose every loop retries and whose claim and ack
+    #: would pay it on every batch.
+    check: bool = True
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def connect_kwargs(self, settings: Settings) -> dict[str, Any]:
@@ -233,7 +238,7 @@ class Store(_Base):
                 self._pool = ConnectionPool(
                     self.dsn, min_size=o.min_size, max_size=o.max_size, open=False,
                     timeout=self.settings.connect_timeout, kwargs=o.connect_kwargs(self.settings),
-                    check=ConnectionPool.check_connection,
+                    check=ConnectionPool.check_connection if o.check else None,
                     # Connect on demand: after an outage the default (retry one slot
                     # with backoff growing to minutes) keeps the pool empty long after
                     # the database is back, and every enqueue times out meanwhile.
@@ -250,12 +255,16 @@ class Store(_Base):
     def run(self, work: Op | Procedure[T], conn: Any = None) -> Any:
         """Run a procedure, or one statement, on ``conn`` (the caller's transaction) or
         on a pooled connection (committed at the end)."""
-        procedure = self._probed(as_procedure(work))
         with self.errors():
             if conn is not None:
-                return run_sync(sync_connection(conn), self.schema, procedure)
+                return self._on(sync_connection(conn), work)
             with self.pool().connection() as own:
-                return run_sync(own, self.schema, procedure)
+                return self._on(own, work)
+
+    def _on(self, conn: psycopg.Connection[Any], work: Op | Procedure[T]) -> Any:
+        if isinstance(work, Op) and self._schema_ok:
+            return _step_sync(conn, self.schema, work)  # no procedure to drive
+        return run_sync(conn, self.schema, self._probed(as_procedure(work)))
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new, unpooled connection (the caller closes it)."""
@@ -290,7 +299,8 @@ class AsyncStore(_Base):
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 self.dsn, min_size=o.min_size, max_size=o.max_size, open=False,
                 timeout=self.settings.connect_timeout, kwargs=o.connect_kwargs(self.settings),
-                check=AsyncConnectionPool.check_connection, configure=configure,
+                check=AsyncConnectionPool.check_connection if o.check else None,
+                configure=configure,
                 reconnect_timeout=0, name=o.name)  # on demand: see Store.pool
             self._pool, self._loop = pool, loop
             with self.errors():
@@ -305,13 +315,17 @@ class AsyncStore(_Base):
 
     async def run(self, work: Op | Procedure[T], conn: Any = None) -> Any:
         """:meth:`Store.run`, awaited."""
-        procedure = self._probed(as_procedure(work))
         with self.errors():
             if conn is not None:
-                return await run_async(await async_connection(conn), self.schema, procedure)
+                return await self._on(await async_connection(conn), work)
             pool = await self.pool()
             async with pool.connection() as own:
-                return await run_async(own, self.schema, procedure)
+                return await self._on(own, work)
+
+    async def _on(self, conn: psycopg.AsyncConnection[Any], work: Op | Procedure[T]) -> Any:
+        if isinstance(work, Op) and self._schema_ok:
+            return await _step_async(conn, self.schema, work)  # no procedure to drive
+        return await run_async(conn, self.schema, self._probed(as_procedure(work)))
 
     async def connect(self, dsn: str | None = None, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
         """A new, unpooled connection, to ``dsn`` if given (the caller closes it)."""

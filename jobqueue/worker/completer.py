@@ -101,7 +101,7 @@ class Completer(Service):
             state.unacked = outcomes + state.unacked
             self._unlock = unlock + self._unlock
             raise
-        for outcome in outcomes:
-            state.counts[outcome.kind.value] += 1
-            for observe in self.observers:
+        state.counts.update(o.kind.value for o in outcomes)
+        for observe in self.observers:
+            for outcome in outcomes:
                 observe(outcome)

@@ -59,21 +59,23 @@ class Executor:
         ctx = JobContext(id=job.id, task=job.task, queue=job.queue, attempt=job.attempts,
                          max_attempts=job.max_attempts, worker_id=state.worker_id)
         handler = self.tasks.get(job.task)
-        task = asyncio.get_running_loop().create_task(self._run(job, ctx, handler))
+        task = asyncio.get_running_loop().create_task(self._attempt(job, ctx, handler))
         state.inflight[job.id] = Running(task, ctx, handler is None or handler.is_async,
                                          handler is not None and handler.timeout is not None)
         state.idle.clear()
         state.started += 1
         task.add_done_callback(functools.partial(self._done, job))
 
-    def _done(self, job: ClaimedJob, task: asyncio.Task[None]) -> None:
+    def _done(self, job: ClaimedJob, task: asyncio.Task[Outcome]) -> None:
         state = self.state
         state.inflight.pop(job.id, None)
         self.cancel_requested.discard(job.id)
-        if job.lock_key is not None and not task.cancelled():
-            # An outcome was recorded: free the key with it. (A task cancelled
-            # by shutdown has none; its job and key are released with the rest.)
-            self.completer.unlock(job.id)
+        if not task.cancelled():
+            self.completer.record(task.result())
+            if job.lock_key is not None:
+                # Free the key with the outcome. (A task cancelled by shutdown
+                # has none; its job and key are released with the rest.)
+                self.completer.unlock(job.id)
         if not state.inflight:
             state.idle.set()
         state.wake_fetcher()  # a slot is free
@@ -136,9 +138,6 @@ class Executor:
 
     def close(self) -> None:
         self.threads.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> None:
-        self.completer.record(await self._attempt(job, ctx, task))
 
     async def _attempt(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> Outcome:
         """The one Outcome of this attempt (CancelledError: shutdown, none)."""

@@ -53,12 +53,18 @@ class Lifecycle:
         """One event (and metric) for an outcome that is now in the database."""
         job, error = outcome.job, outcome.error
         duration = None if outcome.duration is None else round(outcome.duration, 6)
+        if outcome.kind is Kind.SUCCEEDED:
+            # The hot path: a debug event (a no-op unless debug is on), no dict built.
+            self.log.debug("job.succeeded", job_id=job.id, task=job.task, queue=job.queue,
+                           attempt=job.attempts, duration=duration,
+                           correlation_id=job.correlation_id)
+            if self.metrics is not None:
+                self.metrics.job_finished(job, "succeeded", outcome.duration)
+            return
         common = {"job_id": job.id, "task": job.task, "queue": job.queue,
                   "attempt": job.attempts, "duration": duration,
                   "correlation_id": job.correlation_id}
-        if outcome.kind is Kind.SUCCEEDED:
-            self.log.debug("job.succeeded", **common)
-        elif outcome.kind is Kind.RETRIED:
+        if outcome.kind is Kind.RETRIED:
             self.log.info("job.retrying", **common, max_attempts=job.max_attempts,
                           error=error.type if error else None,
                           message=error.first_line if error else "",

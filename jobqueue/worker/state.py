@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from jobqueue.outcome import Outcome
 from jobqueue.tasks import JobContext
 
 
-@dataclass(frozen=True, slots=True)
-class Running:
+class Running(NamedTuple):
     """A job whose handler runs now."""
 
-    task: asyncio.Task[None]
+    task: asyncio.Task[Outcome]
     ctx: JobContext
     is_async: bool
     forked: bool

@@ -121,7 +121,7 @@ def worker_pool(settings: Settings, concurrency: int) -> PoolOptions:
     # values costs a fraction of a millisecond per statement.
     return PoolOptions(name=f"jobqueue-worker-{os.getpid()}", min_size=2, max_size=4,
                        autocommit=True, application_name=application_name(),
-                       settings=("worker_session",))
+                       settings=("worker_session",), check=False)
 
 
 class Worker:
