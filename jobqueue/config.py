@@ -33,6 +33,9 @@ DEFAULT_WORKER_TIMEOUT = 30.0
 DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_CONCURRENCY = 10
+#: Claimed jobs a worker may hold ready beyond those running, per unit of
+#: concurrency (Celery's prefetch multiplier has the same default).
+DEFAULT_PREFETCH_PER_SLOT = 4
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_POLL_INTERVAL = 1.0
 

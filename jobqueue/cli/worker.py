@@ -10,6 +10,12 @@ import typer
 
 from jobqueue.cli.options import AppPath, Dsn, Schema, load_app
 from jobqueue.cli.output import fail
+from jobqueue.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+)
 from jobqueue.errors import ConfigError
 from jobqueue.worker import WorkerConfig
 
@@ -53,14 +59,23 @@ def register(app: typer.Typer) -> None:
             help="Comma-separated queues, each optionally weighted: a:3,b:1 takes a first "
                  "three times as often as b. [default: the app's default queue]")]
         = None,
-        concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 10,
+        concurrency: Annotated[int, typer.Option(
+            "--concurrency", "-c", min=1, help="Handlers running at once.")] = DEFAULT_CONCURRENCY,
+        prefetch: Annotated[int | None, typer.Option(
+            "--prefetch", min=0,
+            help="Claimed jobs held ready beyond the running ones (leased, heartbeated, "
+                 "released at shutdown); 0: claim only for free slots. "
+                 "[default: 4 x concurrency]")] = None,
         burst: Annotated[bool, typer.Option("--burst", help="Drain ready jobs, then exit 0.")]
         = False,
         shutdown_timeout: Annotated[float, typer.Option(
-            "--shutdown-timeout", help="Grace for in-flight jobs on SIGTERM, seconds.")] = 30.0,
+            "--shutdown-timeout", help="Grace for in-flight jobs on SIGTERM, seconds.")]
+        = DEFAULT_SHUTDOWN_TIMEOUT,
         poll_interval: Annotated[float, typer.Option(
-            "--poll-interval", help="Fallback poll when no NOTIFY arrives, seconds.")] = 1.0,
-        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 100,
+            "--poll-interval", help="Fallback poll when no NOTIFY arrives, seconds.")]
+        = DEFAULT_POLL_INTERVAL,
+        batch_size: Annotated[int, typer.Option(
+            "--batch-size", min=1, help="Most jobs one claim takes.")] = DEFAULT_BATCH_SIZE,
         metrics_port: Annotated[int | None, typer.Option(
             "--metrics-port", min=0, max=65535, envvar="JOBQUEUE_METRICS_PORT",
             help="Serve Prometheus metrics at http://ADDR:PORT/metrics.")] = None,
@@ -80,7 +95,8 @@ def register(app: typer.Typer) -> None:
         queue = load_app(app_path, dsn, schema)
         names, weights = parse_queues(queues) if queues else ((), None)
         config = WorkerConfig(
-            queues=names or (queue.default_queue,), concurrency=concurrency, burst=burst,
+            queues=names or (queue.default_queue,), concurrency=concurrency, prefetch=prefetch,
+            burst=burst,
             shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
             batch_size=batch_size, metrics_port=metrics_port, metrics_addr=metrics_addr,
             metrics_interval=metrics_interval, queue_weights=weights, fair_every=fair_every)

@@ -172,7 +172,8 @@ RETURNING id, cancel_requested;
 -- name: worker_session
 -- Worker connections (see worker/worker.py for why each is safe and worth it).
 SELECT set_config('synchronous_commit', 'off', false),
-       set_config('plan_cache_mode', 'force_custom_plan', false);
+       set_config('plan_cache_mode', 'force_custom_plan', false),
+       set_config('jit', 'off', false);
 
 -- name: listen
 LISTEN {channel};

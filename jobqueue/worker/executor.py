@@ -53,6 +53,21 @@ class Executor:
         self._busy_lock = threading.Lock()
         # Jobs an operator cancelled (jobqueue cancel) while they ran.
         self.cancel_requested: set[int] = set()
+        self.starting = True  # False once the worker stops: buffered jobs stay unstarted
+
+    def accept(self, jobs: list[ClaimedJob]) -> None:
+        """Claimed jobs: into the buffer, and started while there are free slots."""
+        self.state.buffer.extend(jobs)
+        self.fill()
+
+    def fill(self) -> None:
+        state = self.state
+        while self.starting and state.buffer and len(state.inflight) < state.concurrency:
+            self.submit(state.buffer.popleft())
+
+    def stop_starting(self) -> None:
+        """Shutdown: run no more buffered jobs (the worker releases them)."""
+        self.starting = False
 
     def submit(self, job: ClaimedJob) -> None:
         state = self.state
@@ -76,9 +91,10 @@ class Executor:
                 # Free the key with the outcome. (A task cancelled by shutdown
                 # has none; its job and key are released with the rest.)
                 self.completer.unlock(job.id)
+        self.fill()
         if not state.inflight:
             state.idle.set()
-        state.wake_fetcher()  # a slot is free
+        state.wake_fetcher()  # there is room to claim
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no job is in flight; False if ``timeout`` passed first."""
@@ -113,11 +129,23 @@ class Executor:
         """
         running = self.state.inflight.get(job_id)
         if running is None:
-            return False
+            return self._cancel_buffered(job_id)
         self.cancel_requested.add(job_id)
         running.ctx._cancel.set()
         if running.is_async or running.forked:
             running.task.cancel()  # async: CancelledError in the handler; forked: kills the child
+        return True
+
+    def _cancel_buffered(self, job_id: int) -> bool:
+        # Claimed ahead and not started: dead as cancelled without running.
+        job = next((j for j in self.state.buffer if j.id == job_id), None)
+        if job is None:
+            return False
+        self.state.buffer.remove(job)
+        self.completer.record(Outcome.dead(job, None, DeadReason.CANCELLED, ErrorEntry.of(
+            job.attempts, self.state.worker_id, "Cancelled", "cancelled before it started")))
+        if job.lock_key is not None:
+            self.completer.unlock(job.id)
         return True
 
     def threads_busy(self) -> bool:

@@ -28,6 +28,8 @@ class Fetcher(Service):
     def __init__(self, store: AsyncStore, state: WorkerState, claimer: Claimer,
                  executor: Executor, log: Any, *, batch_size: int, poll_interval: float,
                  burst: bool = False) -> None:
+        # Claim ahead in batches, not a job per freed slot: while jobs are
+        # buffered, wait until at least half a batch fits.
         super().__init__()
         self.store = store
         self.state = state
@@ -37,6 +39,7 @@ class Fetcher(Service):
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.burst = burst
+        self.refill = max(1, min(batch_size, state.prefetch) // 2)
         self.drained = asyncio.Event()
         self._claim_started = datetime.now(timezone.utc)
         self._last_claimed = 0
@@ -57,11 +60,11 @@ class Fetcher(Service):
         backoff, state = Backoff(), self.state
         while not self.stopping:
             state.wake.clear()
-            free = state.free
-            if free <= 0:
+            room = state.room
+            if room <= 0 or (state.buffer and room < self.refill):
                 await self.sleep(self.poll_interval, state.wake)
                 continue
-            limit = min(self.batch_size, free)
+            limit = min(self.batch_size, room)
             try:
                 claimed = await self.claim(limit)
                 backoff.reset()
@@ -70,11 +73,10 @@ class Fetcher(Service):
                 self.log.warning("fetcher.claim_failed", error=str(exc), retry_in=delay)
                 await self.sleep(delay)
                 continue
-            for job in claimed:
-                self.executor.submit(job)
+            self.executor.accept(claimed)
             if len(claimed) == limit:
                 continue  # a full batch: more are probably ready
-            if self.burst and not claimed and not state.inflight:
+            if self.burst and not claimed and not state.inflight and not state.buffer:
                 if state.unacked:
                     # Outcomes not yet written may include a retry that is due
                     # now: let them land, then look once more before leaving.

@@ -10,10 +10,11 @@ change).
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from typing import NamedTuple
 
 from jobqueue.outcome import Outcome
+from jobqueue.rows import ClaimedJob
 from jobqueue.tasks import JobContext
 
 
@@ -27,10 +28,14 @@ class Running(NamedTuple):
 
 
 class WorkerState:
-    def __init__(self, worker_id: str, concurrency: int) -> None:
+    def __init__(self, worker_id: str, concurrency: int, prefetch: int = 0) -> None:
         self.worker_id = worker_id
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.inflight: dict[int, Running] = {}
+        # Claimed ahead, waiting for a free slot: leased (and heartbeated) like
+        # running jobs, released unstarted at shutdown without counting an attempt.
+        self.buffer: deque[ClaimedJob] = deque()
         # Outcomes recorded but not yet written: their jobs are still leased.
         self.unacked: list[Outcome] = []
         self.wake = asyncio.Event()  # the fetcher's doorbell
@@ -43,11 +48,20 @@ class WorkerState:
 
     @property
     def free(self) -> int:
+        """Slots where a handler could start now."""
         return self.concurrency - len(self.inflight)
 
+    @property
+    def room(self) -> int:
+        """How many more jobs the worker may claim: never more than
+        ``concurrency + prefetch`` held at once, running or buffered."""
+        return self.concurrency + self.prefetch - len(self.inflight) - len(self.buffer)
+
     def held_ids(self) -> list[int]:
-        """Jobs this worker holds: running, or finished with the outcome not yet written."""
-        return [*self.inflight, *(o.job.id for o in self.unacked)]
+        """Jobs this worker holds: buffered, running, or finished with the outcome
+        not yet written."""
+        return [*(j.id for j in self.buffer), *self.inflight,
+                *(o.job.id for o in self.unacked)]
 
     def wake_fetcher(self) -> None:
         self.wake.set()

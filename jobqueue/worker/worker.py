@@ -33,6 +33,7 @@ from jobqueue.config import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_LEASE,
     DEFAULT_POLL_INTERVAL,
+    DEFAULT_PREFETCH_PER_SLOT,
     DEFAULT_QUEUE,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_WORKER_TIMEOUT,
@@ -73,6 +74,8 @@ class WorkerConfig:
 
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     concurrency: int = DEFAULT_CONCURRENCY
+    #: Claimed jobs held ready beyond the running ones (None: 4 per unit of concurrency).
+    prefetch: int | None = None
     burst: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -104,6 +107,15 @@ class WorkerConfig:
             raise ValueError("a worker needs at least one queue")
         if self.heartbeat_interval * 2 >= self.lease:
             raise ValueError("lease must be more than twice the heartbeat interval")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ValueError("prefetch must be >= 0")
+
+    @property
+    def buffered(self) -> int:
+        """How many claimed jobs may wait for a slot."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return DEFAULT_PREFETCH_PER_SLOT * self.concurrency
 
 
 def worker_pool(settings: Settings, concurrency: int) -> PoolOptions:
@@ -119,9 +131,15 @@ def worker_pool(settings: Settings, concurrency: int) -> PoolOptions:
     # a parameter) that generic plan was measured 10x slower once the backlog
     # grows (26k -> 2.5k jobs/s at 100k jobs). Always planning with the real
     # values costs a fraction of a millisecond per statement.
+    # JIT compilation never pays for a queue's statements, which touch a few
+    # rows each: but the planner's estimate for the claim (per-queue LATERAL
+    # heads under a LIMIT it cannot see) grows with the backlog and crosses
+    # jit_above_cost at a few hundred thousand ready jobs. Measured at 300k:
+    # 1.1 ms per claim without JIT, 45-130 ms with it (almost all of it
+    # compiling), which was the whole of the large-backlog collapse.
     return PoolOptions(name=f"jobqueue-worker-{os.getpid()}", min_size=2, max_size=4,
                        autocommit=True, application_name=application_name(),
-                       settings=("worker_session",), check=False)
+                       settings=("worker_session",))
 
 
 class Worker:
@@ -180,7 +198,7 @@ class Worker:
         registration = fleet.Registration(self.id, socket.gethostname(), os.getpid(),
                                           list(cfg.queues), cfg.concurrency)
         await store.run(fleet.register(registration))
-        state = WorkerState(self.id, cfg.concurrency)
+        state = WorkerState(self.id, cfg.concurrency, cfg.buffered)
         self.state = state
         services = self._compose(store, state, registration)
         self.services = {s.name: s for s in services}
@@ -305,13 +323,15 @@ class Worker:
     async def _shutdown(self, store: AsyncStore, state: WorkerState) -> None:
         cfg = self.config
         services = list(self.services.values())
+        # Buffered jobs are not started any more: they are released below.
+        self.executor.stop_starting()
         self.log.info("worker.stopping", in_flight=len(state.inflight),
-                      grace=cfg.shutdown_timeout)
+                      buffered=len(state.buffer), grace=cfg.shutdown_timeout)
         # A stopping worker claims nothing more and fires no more ticks ...
         for service in reversed(services):
             if service.intake:
                 await service.stop()
-        # ... lets its jobs finish within the grace ...
+        # ... lets its running jobs finish within the grace ...
         if not await self.executor.wait_idle(cfg.shutdown_timeout):
             cancelled = await self.executor.cancel_all()
             self.log.warning("worker.grace_expired", unfinished=cancelled)

@@ -311,3 +311,54 @@ def test_enqueue_while_the_database_is_down_raises_then_recovers(
     ids = asyncio.run(scenario())
     # Exactly the enqueues that returned an id exist: a failed one left nothing.
     assert [r[0] for r in db.rows("SELECT id FROM {schema}.jobs ORDER BY id")] == sorted(ids)
+
+
+# -- claim-ahead: the buffer of claimed, unstarted jobs -------------------------------------
+
+
+def test_sigkill_with_a_full_buffer_loses_nothing(
+        app: JobQueue, db: Db, workers: support.Workers, tmp_path: Path) -> None:
+    # Two jobs run, eight wait in the worker's buffer: all ten are leased to it.
+    gate = tmp_path / "gate"
+    flags = ("--concurrency", "2", "--prefetch", "8")
+    a = workers.start(*flags, app=FAULTY)
+    a_id = wait_registered(db, a.popen, a.log)
+    ids = app.enqueue_many([("gated", {"gate": str(gate)})] * 10, strict=False)
+    wait_until(lambda: running_by(db, a_id) == 10, 30, message="A to hold all ten jobs")
+
+    b = workers.start(*flags, app=FAULTY)
+    b_id = wait_registered(db, b.popen, b.log)
+    a.kill()
+    # Unstarted or not, every job A held is rescued, and B takes all of them.
+    wait_until(lambda: running_by(db, b_id) == 10, 40, message="B to take over all ten")
+    gate.touch()
+    wait_until(lambda: jobs_left(db) == 0, 30, message="B to finish them")
+    assert effects(db) == [(job_id, 2, b.pid) for job_id in ids]  # each ran once, on B
+    assert int(db.value("SELECT count(*) FROM {schema}.dead_jobs")) == 0
+    assert b.stop() == 0
+
+
+def test_sigterm_releases_the_buffer_without_counting_an_attempt(
+        app: JobQueue, db: Db, workers: support.Workers, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    a = workers.start("--concurrency", "1", "--prefetch", "5", app=FAULTY)
+    a_id = wait_registered(db, a.popen, a.log)
+    ids = app.enqueue_many([("gated", {"gate": str(gate)})] * 12, strict=False)
+    wait_until(lambda: running_by(db, a_id) == 6, 30, message="A to hold one running, five ready")
+    a.signal()  # SIGTERM: the running job may finish, the buffered five go back
+    a.wait_event("worker.stopping")
+    gate.touch()
+    assert a.wait() == 0
+    stopped = a.events("worker.stopped")[-1]
+    assert (stopped["succeeded"], stopped["released"]) == (1, 5)
+    done = [job_id for job_id, _, _ in effects(db)]
+    assert len(done) == 1
+    # The eleven left are queued as if never claimed: no attempt counted, no owner.
+    left = db.rows("SELECT id, state, attempts, locked_by FROM {schema}.jobs ORDER BY id")
+    assert [r[0] for r in left] == [i for i in ids if i not in done]
+    assert {(r[1], r[2], r[3]) for r in left} == {("queued", 0, None)}
+
+    b = workers.start("--concurrency", "4", app=FAULTY)
+    wait_until(lambda: jobs_left(db) == 0, 30, message="B to run the rest")
+    assert sorted(job_id for job_id, _, _ in effects(db)) == ids  # each once, nothing lost
+    assert b.stop() == 0

@@ -304,3 +304,48 @@ def test_generic_claim_plan_reads_the_index(
     plan = row[0][0]["Plan"]
     ready = check_plan(plan, index)
     assert {n["Node Type"] for n in ready} == {"Index Scan"}, plan
+
+
+# -- at a large backlog ------------------------------------------------------------------
+
+LARGE_BACKLOG = 300_000
+
+
+@pytest.fixture
+def large_backlog(app: JobQueue, admin: psycopg.Connection[Any]) -> str:
+    """300,000 ready jobs, made by one INSERT ... SELECT, then ANALYZE (seconds, not
+    minutes): large enough that the planner's estimate of the claim crosses
+    jit_above_cost."""
+    jobs = pgsql.Identifier(app.schema, "jobs")
+    admin.execute(pgsql.SQL("INSERT INTO {} (queue, task, run_at) SELECT 'default', 'work', "
+                            "now() - interval '1 hour' + g * interval '1 ms' "
+                            "FROM generate_series(1, %s) AS g").format(jobs), (LARGE_BACKLOG,))
+    admin.execute(pgsql.SQL("ANALYZE {}").format(jobs))
+    return app.schema
+
+
+def explain_claim(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
+    row = conn.execute(pgsql.SQL("EXPLAIN (FORMAT JSON) ") + sql.query("claim", schema),
+                       params("w", ["default"], 100)).fetchone()
+    assert row is not None
+    return row[0][0]  # type: ignore[no-any-return]
+
+
+def test_claim_at_a_large_backlog_plans_without_jit_on_the_ready_index(
+        large_backlog: str, conn: psycopg.Connection[Any]) -> None:
+    schema = large_backlog
+    # The worker's connections run worker_session when the pool opens them.
+    conn.execute(sql.query("worker_session", schema))
+    plan = explain_claim(conn, schema)
+    assert "JIT" not in plan, plan
+    ready = check_plan(plan["Plan"], "jobs_ready_idx")
+    assert {n["Node Type"] for n in ready} == {"Index Scan"}, plan
+    conn.rollback()
+    # The premise, where this server can JIT at all: a session with the default
+    # settings would compile the claim on every run at this backlog.
+    conn.execute("RESET jit")
+    jit_row = conn.execute("SELECT pg_jit_available() AND current_setting('jit')::bool")
+    available = jit_row.fetchone()
+    if available is not None and available[0]:
+        assert "JIT" in explain_claim(conn, schema)
+    conn.rollback()

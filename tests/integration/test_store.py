@@ -20,7 +20,7 @@ from jobqueue.db import jobs
 from jobqueue.db.statement import InPipeline, Op, Pipeline, Procedure, in_transaction, row, scalar
 from jobqueue.db.store import AsyncStore, Store
 from jobqueue.errors import SchemaNotMigratedError
-from tests.helpers import count
+from tests.helpers import count, wait_until
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,38 @@ def test_the_async_face_runs_the_same_procedures(app: JobQueue) -> None:
 def test_ops_are_values() -> None:
     op = jobs.is_live(5)
     assert op == Op("job_is_live", {"id": 5}, op.fetch) and op.row is None
+
+
+def _terminate_producers(admin: psycopg.Connection[Any]) -> int:
+    """End every producer session of this database (the pools' connections)."""
+    pids = [r[0] for r in admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'jobqueue-producer' "
+        "AND datname = current_database()").fetchall()]
+    for pid in pids:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    wait_until(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)",
+                                     (pids,)).fetchone() == (0,), message="the backends to end")
+    return len(pids)
+
+
+def test_a_pooled_connection_the_server_closed_is_not_lent(
+        app: JobQueue, admin: psycopg.Connection[Any]) -> None:
+    first = app.enqueue("t", strict=False)  # the pool now holds live connections
+    assert _terminate_producers(admin) >= 1
+    # The pool's check sees the closed socket without a round trip and lends
+    # another connection: the first enqueue after it succeeds.
+    second = app.enqueue("t", strict=False)
+    assert count(admin, app.schema, "jobs") == 2 and second > first
+
+
+def test_the_async_pool_does_not_lend_a_closed_connection(
+        app: JobQueue, admin: psycopg.Connection[Any]) -> None:
+    async def main() -> int:
+        first = await app.enqueue_async("t", strict=False)
+        assert await asyncio.to_thread(_terminate_producers, admin) >= 1
+        second = await app.enqueue_async("t", strict=False)
+        await app.aclose()
+        return second - first
+
+    assert asyncio.run(main()) > 0
+    assert count(admin, app.schema, "jobs") == 2

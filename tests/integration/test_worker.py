@@ -268,7 +268,9 @@ def test_graceful_stop_lets_running_jobs_finish(app: JobQueue,
 
     total = 6
     app.enqueue_many([("work", {"n": n}) for n in range(total)])
-    with worker_thread(app, concurrency=4, shutdown_timeout=10.0) as worker:
+    # Without claim-ahead (prefetch 0) the worker holds only what runs; the
+    # next test has the buffer.
+    with worker_thread(app, concurrency=4, prefetch=0, shutdown_timeout=10.0) as worker:
         wait_until(lambda: len(started) == 4, 10, message="four jobs running")
         asked = time.monotonic()
         worker.request_stop()
@@ -282,6 +284,51 @@ def test_graceful_stop_lets_running_jobs_finish(app: JobQueue,
     assert count(admin, app.schema, "jobs",
                  "state = 'queued' AND attempts = 0 AND locked_by IS NULL") == left
     assert took < 10.0
+
+
+def test_claim_ahead_holds_at_most_its_bound_and_releases_the_buffer_on_stop(
+        app: JobQueue, admin: psycopg.Connection[Any]) -> None:
+    gate = threading.Event()
+    ran: list[int] = []
+
+    @app.task()
+    def work(n: int) -> None:
+        gate.wait(30)
+        ran.append(n)
+
+    total, concurrency, prefetch = 30, 2, 5
+    ids = app.enqueue_many([("work", {"n": n}) for n in range(total)])
+
+    def held(worker: Worker) -> int:
+        return count(admin, app.schema, "jobs", "state = 'running' AND locked_by = %s",
+                     (worker.id,))
+
+    with worker_thread(app, concurrency=concurrency, prefetch=prefetch,
+                       shutdown_timeout=10.0) as worker:
+        wait_until(lambda: held(worker) == concurrency + prefetch, 10,
+                   message="the worker to hold its running jobs and its buffer")
+        # Held, never more: two handlers running, five jobs waiting for a slot.
+        peak = max(held(worker) for _ in range(20))
+        assert peak == concurrency + prefetch
+        assert len(worker.state.inflight) == concurrency
+        assert len(worker.state.buffer) == prefetch
+        # The buffered jobs' leases are the heartbeat's to extend, like running ones.
+        assert sorted(worker.state.held_ids()) == sorted(
+            r[0] for r in admin.execute(f'SELECT id FROM "{app.schema}".jobs WHERE locked_by '
+                                        "= %s", (worker.id,)).fetchall())
+        worker.request_stop()  # the two running finish once the gate opens ...
+        wait_until(lambda: not worker.executor.starting, 10, message="the worker to stop")
+        gate.set()
+    # ... and the five buffered go back to the queue unstarted, no attempt counted.
+    assert sorted(ran) == [0, 1]
+    assert worker.released == prefetch and worker.stats["succeeded"] == concurrency
+    left = total - concurrency
+    assert count(admin, app.schema, "jobs",
+                 "state = 'queued' AND attempts = 0 AND locked_by IS NULL") == left
+    # Nothing lost, nothing run twice: a second worker drains the rest, once each.
+    with worker_thread(app, concurrency=4):
+        wait_until(lambda: count(admin, app.schema, "jobs") == 0, 30, message="the rest")
+    assert sorted(ran) == list(range(total)) and len(ids) == total
 
 
 def test_short_grace_releases_unfinished_jobs_without_counting_the_attempt(
