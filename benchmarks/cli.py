@@ -1,8 +1,9 @@
 """``python -m benchmarks``: run scenarios, print the table (or JSON) with the ratios.
 
     python -m benchmarks all --dsn postgresql://postgres@127.0.0.1:5432/jq_bench
-    python -m benchmarks drain --jobs 20000 --json
+    python -m benchmarks drain --drain-jobs 20000 --json
     python -m benchmarks soak --soak-seconds 120 --soak-hold 40 --soak-window 10
+    python -m benchmarks scaling --scaling-sizes 10000,100000 --plot scaling.png
 
 Progress goes to stderr; the table (or with ``--json`` the JSON document) to
 stdout, and with ``--output FILE`` the JSON is also written to FILE.
@@ -10,6 +11,7 @@ stdout, and with ``--output FILE`` the JSON is also written to FILE.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -24,6 +26,7 @@ import typer
 from benchmarks import report, scenarios
 from benchmarks.common import BenchmarkError, Result, autovacuum_on, environment
 from benchmarks.targets import Target
+from benchmarks.targets.graphile import GraphileTarget
 from benchmarks.targets.jq import JobQueueTarget
 from benchmarks.targets.pgq import PgQueuerTarget
 from benchmarks.targets.proc import ProcrastinateTarget
@@ -32,8 +35,12 @@ from benchmarks.targets.raw import RawTarget
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmarks of jobqueue against the raw SQL floor and its peers.")
 
-ALL_TARGETS = ("raw", "jobqueue", "pgqueuer", "procrastinate")
-SCENARIOS = ("drain", "enqueue-tx", "bulk", "latency", "soak")
+ALL_TARGETS = ("raw", "jobqueue", "pgqueuer", "procrastinate", "graphile")
+# The scenarios of `all`; scaling is not one of them (at its default sizes it
+# stores and drains 1.4M jobs per target).
+SCENARIOS = ("drain", "enqueue-tx", "enqueue-one", "bulk", "latency", "soak")
+SCALING_TARGETS = ("raw", "jobqueue", "pgqueuer")
+SCALING_SIZES = "10000,100000,300000,1000000"
 
 DsnOpt = Annotated[str | None, typer.Option("--dsn", envvar="JOBQUEUE_DSN",
                                             help="PostgreSQL DSN (jobqueue's schemas go "
@@ -43,11 +50,19 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON document, 
 OutputOpt = Annotated[Path | None, typer.Option("--output", help="Also write the JSON here")]
 TargetsOpt = Annotated[str, typer.Option("--targets",
                                          help="Comma-separated: raw,jobqueue,pgqueuer,"
-                                              "procrastinate (peers not installed are "
-                                              "left out)")]
+                                              "procrastinate,graphile (peers not installed "
+                                              "are left out; graphile, a Node.js peer, "
+                                              "runs in drain and scaling only)")]
 DrainJobs = Annotated[int, typer.Option("--drain-jobs", min=1, help="drain: jobs")]
 TxJobs = Annotated[int, typer.Option("--tx-jobs", min=1, help="enqueue-tx: jobs in all")]
 Clients = Annotated[int, typer.Option("--clients", min=1, help="enqueue-tx: connections")]
+OneJobs = Annotated[int, typer.Option("--one-jobs", min=1,
+                                      help="enqueue-one: jobs, one transaction each")]
+ScalingSizes = Annotated[str, typer.Option("--scaling-sizes",
+                                           help="scaling: backlog sizes, comma-separated")]
+PlotOpt = Annotated[Path | None, typer.Option("--plot",
+                                              help="scaling: write a PNG of jobs/s against "
+                                                   "backlog size here (matplotlib)")]
 BulkJobs = Annotated[int, typer.Option("--bulk-jobs", min=1, help="bulk: jobs")]
 BulkBatch = Annotated[int, typer.Option("--bulk-batch", min=1, help="bulk: jobs per batch")]
 LatencyJobs = Annotated[int, typer.Option("--latency-jobs", min=1, help="latency: jobs")]
@@ -79,9 +94,9 @@ ProcConcurrency = Annotated[int, typer.Option("--procrastinate-concurrency", min
 PgqBatch = Annotated[int, typer.Option("--pgqueuer-batch", min=1,
                                        help="pgqueuer batch_size")]
 PeerDb = Annotated[str, typer.Option("--peer-db-prefix",
-                                     help="Peers get the databases PREFIX_pgqueuer and "
-                                          "PREFIX_procrastinate (dropped and created again "
-                                          "for every scenario)")]
+                                     help="Peers get the databases PREFIX_pgqueuer, "
+                                          "PREFIX_procrastinate and PREFIX_graphile (dropped "
+                                          "and created again for every scenario)")]
 Timeout = Annotated[float, typer.Option("--timeout", min=1,
                                         help="seconds one worker phase may take")]
 
@@ -113,36 +128,60 @@ def _settings(dsn: str | None, targets: str, jq_concurrency: int, procrastinate_
 
 def _rows(s: Settings, scenario: str) -> list[Target]:
     """The targets of a scenario, in table order; raw has one row per variant."""
-    raw = {"enqueue-tx": ("insert", "notify"), "bulk": ("unnest", "copy")}.get(scenario, ("",))
-    jq = ("async", "sync") if scenario in ("drain", "latency") else ("async",)
+    raw = {"enqueue-tx": ("insert", "notify"), "enqueue-one": ("insert", "notify"),
+           "bulk": ("unnest", "copy")}.get(scenario, ("",))
+    jq = ("async", "sync") if scenario in ("drain", "latency", "scaling") else ("async",)
     out: list[Target] = []
     if "raw" in s.targets:
         out += [RawTarget(s.dsn, v) for v in raw]
     if "jobqueue" in s.targets:
         out += [JobQueueTarget(s.dsn, v, concurrency=s.jq_concurrency,
                                   batch_size=s.jq_batch) for v in jq]
+        if scenario == "drain":
+            # And at its defaults, as `jobqueue worker` runs without tuning flags.
+            out += [JobQueueTarget(s.dsn, v, defaults=True) for v in jq]
+    if scenario == "enqueue-one":
+        return out  # jobqueue's enqueue() without conn next to the floor only
     if "pgqueuer" in s.targets and PgQueuerTarget.available():
         out.append(PgQueuerTarget(s.dsn, batch_size=s.pgqueuer_batch,
                                   database_prefix=s.peer_db_prefix))
     if "procrastinate" in s.targets and ProcrastinateTarget.available():
         out.append(ProcrastinateTarget(s.dsn, concurrency=s.procrastinate_concurrency,
                                        database_prefix=s.peer_db_prefix))
+    # Graphile Worker's Node process does the drain only.
+    if scenario in ("drain", "scaling") and "graphile" in s.targets and \
+            GraphileTarget.available():
+        out.append(GraphileTarget(s.dsn, database_prefix=s.peer_db_prefix))
     return out
 
 
-def _skipped(s: Settings) -> list[str]:
-    peers = {"pgqueuer": PgQueuerTarget, "procrastinate": ProcrastinateTarget}
-    return [name for name, cls in peers.items() if name in s.targets and not cls.available()]
+# The scenarios each peer takes part in (graphile's Node process does drains only).
+_PYTHON_PEER = {*SCENARIOS, "scaling"} - {"enqueue-one"}
+PEER_SCENARIOS = {"pgqueuer": _PYTHON_PEER, "procrastinate": _PYTHON_PEER,
+                  "graphile": {"drain", "scaling"}}
+
+
+def _skipped(s: Settings, used: tuple[str, ...]) -> dict[str, str]:
+    """The peers asked for (and used by one of ``used``) that cannot run, each with
+    what to do about it. Asking graphile may install it: only when a drain needs it."""
+    wanted = [name for name in s.targets if PEER_SCENARIOS.get(name, set()) & set(used)]
+    hint = "pip install -e '.[bench]'"
+    out = {name: hint for name, cls in (("pgqueuer", PgQueuerTarget),
+                                        ("procrastinate", ProcrastinateTarget))
+           if name in wanted and not cls.available()}
+    if "graphile" in wanted and not GraphileTarget.available():
+        out["graphile"] = GraphileTarget.problem()
+    return out
 
 
 def _run(s: Settings, plan: list[Callable[[], list[Result]]], as_json: bool,
-         output: Path | None, params: dict[str, Any]) -> None:
+         output: Path | None, params: dict[str, Any], used: tuple[str, ...],
+         plot: Path | None = None) -> None:
     scenarios.wait_for_server(s.dsn, 120)
     env = environment(s.dsn)
-    skipped = _skipped(s)
-    if skipped:
-        scenarios.stderr_log(f"not installed, left out: {', '.join(skipped)} "
-                             "(pip install -e '.[bench]')")
+    skipped = _skipped(s, used)
+    for name, why in skipped.items():
+        scenarios.stderr_log(f"not installed, left out: {name} ({why})")
     started = time.monotonic()
     results: list[Result] = []
     try:
@@ -153,10 +192,13 @@ def _run(s: Settings, plan: list[Callable[[], list[Result]]], as_json: bool,
         raise typer.Exit(1) from None
     env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     env["wall_seconds"] = round(time.monotonic() - started, 1)
-    document = {"environment": env, "parameters": params, "left_out": skipped,
+    document = {"environment": env, "parameters": params, "left_out": list(skipped),
                 "results": report.rows(results), "targets": report.targets(results)}
     if output is not None:
         output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if plot is not None:
+        report.plot_scaling(results, plot, env)
+        scenarios.stderr_log(f"[scaling] plot written to {plot}")
     if as_json:
         typer.echo(json.dumps(document, indent=2))
         return
@@ -174,6 +216,37 @@ def _drain(s: Settings, jobs: int) -> Callable[[], list[Result]]:
 
 def _enqueue_tx(s: Settings, jobs: int, clients: int) -> Callable[[], list[Result]]:
     return lambda: [scenarios.enqueue_tx(t, jobs, clients) for t in _rows(s, "enqueue-tx")]
+
+
+def _enqueue_one(s: Settings, jobs: int) -> Callable[[], list[Result]]:
+    return lambda: [scenarios.enqueue_one(t, jobs) for t in _rows(s, "enqueue-one")]
+
+
+def _scaling(s: Settings, sizes: list[int]) -> Callable[[], list[Result]]:
+    def step() -> list[Result]:
+        out = []
+        # Size by size, every target at one size before the next: the rows that
+        # are compared with each other (jobqueue and raw at one size) run close
+        # together in time, under the same load on a shared machine.
+        for size in sizes:
+            # A phase is bounded as the drain's, or by 1,000 jobs/s at this size.
+            timeout = max(s.timeout, size / 1_000)
+            out += [scenarios.drain(t, size, timeout, scenario="scaling")
+                    for t in _rows(s, "scaling")]
+        return out
+
+    return step
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part.replace("_", "")) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"not a list of integers: {text!r}",
+                                 param_hint="--scaling-sizes") from None
+    if not sizes or sizes[0] < 1:
+        raise typer.BadParameter("sizes must be positive integers", param_hint="--scaling-sizes")
+    return sizes
 
 
 def _bulk(s: Settings, jobs: int, batch: int) -> Callable[[], list[Result]]:
@@ -234,6 +307,7 @@ def run_all(
     drain_jobs: DrainJobs = 20_000,
     tx_jobs: TxJobs = 8_000,
     clients: Clients = 8,
+    one_jobs: OneJobs = 5_000,
     bulk_jobs: BulkJobs = 100_000,
     bulk_batch: BulkBatch = 1_000,
     latency_jobs: LatencyJobs = 300,
@@ -250,7 +324,8 @@ def run_all(
     timeout: Timeout = 300,
     peer_db_prefix: PeerDb = "jq_bench",
     scenario: Annotated[list[str] | None, typer.Option(
-        "--scenario", help="Only these scenarios (repeatable); default: all five")] = None,
+        "--scenario", help="Only these scenarios (repeatable); default: all six "
+                           "(scaling is a command of its own)")] = None,
 ) -> None:
     """Every scenario, each target on a fresh store, one table with the ratios."""
     s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
@@ -270,6 +345,7 @@ def run_all(
     steps: dict[str, Callable[[], list[Result]]] = {
         "drain": drain_step,
         "enqueue-tx": _enqueue_tx(s, tx_jobs, clients),
+        "enqueue-one": _enqueue_one(s, one_jobs),
         "bulk": _bulk(s, bulk_jobs, bulk_batch),
         "latency": _latency(s, latency_jobs, latency_interval),
         "soak": _soak(s, soak_seconds, soak_hold, soak_window, soak_load, soak_rate,
@@ -278,7 +354,7 @@ def run_all(
     params = {k: v for k, v in locals().items()
               if k not in ("s", "steps", "drained", "drain_step", "dsn", "output")}
     params["scenario"] = list(chosen)
-    _run(s, [steps[c] for c in SCENARIOS if c in chosen], as_json, output, params)
+    _run(s, [steps[c] for c in SCENARIOS if c in chosen], as_json, output, params, chosen)
 
 
 @app.command("drain")
@@ -292,7 +368,7 @@ def run_drain(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = 
     s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
                   timeout, peer_db_prefix)
     s.jq_batch = jq_batch
-    _run(s, [_drain(s, drain_jobs)], as_json, output, {"drain_jobs": drain_jobs})
+    _run(s, [_drain(s, drain_jobs)], as_json, output, {"drain_jobs": drain_jobs}, ("drain",))
 
 
 @app.command("enqueue-tx")
@@ -302,7 +378,39 @@ def run_enqueue_tx(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputO
     """C concurrent connections, each committing one job per transaction."""
     s = _settings(dsn, targets, 200, 10, 100, 300, peer_db_prefix)
     _run(s, [_enqueue_tx(s, tx_jobs, clients)], as_json, output,
-         {"tx_jobs": tx_jobs, "clients": clients})
+         {"tx_jobs": tx_jobs, "clients": clients}, ("enqueue-tx",))
+
+
+@app.command("enqueue-one")
+def run_enqueue_one(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+                    targets: TargetsOpt = ",".join(ALL_TARGETS), one_jobs: OneJobs = 5_000,
+                    peer_db_prefix: PeerDb = "jq_bench") -> None:
+    """One client, each job its own transaction: enqueue() without conn vs autocommit INSERT."""
+    s = _settings(dsn, targets, 200, 10, 100, 300, peer_db_prefix)
+    _run(s, [_enqueue_one(s, one_jobs)], as_json, output, {"one_jobs": one_jobs},
+         ("enqueue-one",))
+
+
+@app.command("scaling")
+def run_scaling(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+                targets: TargetsOpt = ",".join(SCALING_TARGETS),
+                scaling_sizes: ScalingSizes = SCALING_SIZES, plot: PlotOpt = None,
+                jq_concurrency: JqConcurrency = 200, jq_batch: JqBatch = 100,
+                procrastinate_concurrency: ProcConcurrency = 10,
+                pgqueuer_batch: PgqBatch = 100, timeout: Timeout = 300,
+                peer_db_prefix: PeerDb = "jq_bench") -> None:
+    """The drain at several backlog sizes (10k to 1M): does the rate hold as the table grows?"""
+    s = _settings(dsn, targets, jq_concurrency, procrastinate_concurrency, pgqueuer_batch,
+                  timeout, peer_db_prefix)
+    s.jq_batch = jq_batch
+    sizes = _sizes(scaling_sizes)
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        # Said before the run, not after an hour of it.
+        raise typer.BadParameter("needs matplotlib (pip install -e '.[bench]')",
+                                 param_hint="--plot")
+    _run(s, [_scaling(s, sizes)], as_json, output,
+         {"scaling_sizes": sizes, "jq_concurrency": jq_concurrency, "jq_batch": jq_batch,
+          "pgqueuer_batch": pgqueuer_batch, "timeout": timeout}, ("scaling",), plot=plot)
 
 
 @app.command("bulk")
@@ -312,7 +420,7 @@ def run_bulk(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = N
     """Batches of jobs, one transaction per batch."""
     s = _settings(dsn, targets, 200, 10, 100, 300, peer_db_prefix)
     _run(s, [_bulk(s, bulk_jobs, bulk_batch)], as_json, output,
-         {"bulk_jobs": bulk_jobs, "bulk_batch": bulk_batch})
+         {"bulk_jobs": bulk_jobs, "bulk_batch": bulk_batch}, ("bulk",))
 
 
 @app.command("latency")
@@ -327,7 +435,7 @@ def run_latency(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt 
                   peer_db_prefix)
     s.jq_batch = jq_batch
     _run(s, [_latency(s, latency_jobs, latency_interval)], as_json, output,
-         {"latency_jobs": latency_jobs, "latency_interval": latency_interval})
+         {"latency_jobs": latency_jobs, "latency_interval": latency_interval}, ("latency",))
 
 
 @app.command("soak")
@@ -348,7 +456,7 @@ def run_soak(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = N
                    drain_jobs, soak_vacuum_every)], as_json, output,
          {"soak_seconds": soak_seconds, "soak_hold": soak_hold, "soak_window": soak_window,
           "soak_load": soak_load, "soak_rate": soak_rate, "capacity_drain_jobs": drain_jobs,
-          "soak_vacuum_every": soak_vacuum_every})
+          "soak_vacuum_every": soak_vacuum_every}, ("soak",))
 
 
 def main(argv: list[str] | None = None) -> None:

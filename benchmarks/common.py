@@ -3,8 +3,9 @@
 A run writes only to what it creates itself: schemas named ``jqbench_<hex>`` in
 the database of ``--dsn`` (dropped at the end of each scenario), and for each
 peer one dedicated database on the same server (``jq_bench_pgqueuer``,
-``jq_bench_procrastinate``), dropped and created again for every scenario so
-the peers' own schemas never collide with each other or with jobqueue's.
+``jq_bench_procrastinate``, ``jq_bench_graphile``), dropped and created again
+for every scenario so the peers' own schemas never collide with each other or
+with jobqueue's.
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
-"""The five scenarios. Each runs every target on a fresh store and checks its counts.
+"""The scenarios. Each runs every target on a fresh store and checks its counts.
 
 - **drain**: N no-op jobs stored beforehand; one worker process drains them.
   jobs/s = N / (first handler start -> worker returned, shutdown included).
+- **scaling**: the drain, once per backlog size (10k to 1M by default), to see
+  whether the rate holds as the table grows. Not part of ``all``: it is long.
 - **enqueue-tx**: C concurrent connections, each committing one job per
   transaction, N jobs in all; no worker running. jobs/s = N / wall time.
+- **enqueue-one**: one client, N jobs, each its own transaction with
+  autocommit semantics (jobqueue: ``enqueue()`` without ``conn``, on its own
+  pool). jobs/s = N / the time of the N enqueues.
 - **bulk**: N jobs in batches of B, one transaction per batch, one connection.
 - **latency**: an idle worker; one job every I seconds, each in its own
   transaction; enqueue -> handler start, per job (the clock is shared: the
@@ -58,8 +63,9 @@ def wait_for_server(dsn: str, timeout: float) -> bool:
     return False
 
 
-def _phase(target: Target, scenario: str, log: Log, body: Callable[[], Result]) -> Result:
-    label = target.label(scenario)
+def _phase(target: Target, scenario: str, log: Log, body: Callable[[], Result],
+           label: str = "") -> Result:
+    label = label or target.label(scenario)
     for attempt in (1, 2):
         log(f"[{scenario}] {label} ...")
         try:
@@ -85,33 +91,43 @@ def _phase(target: Target, scenario: str, log: Log, body: Callable[[], Result]) 
     return result
 
 
-def _result(target: Target, scenario: str, jobs: int, seconds: float, **extra: Any) -> Result:
-    return Result(scenario=scenario, target=target.name, label=target.label(scenario),
-                  settings=target.settings(scenario), jobs=jobs, seconds=seconds,
+def _result(target: Target, scenario: str, jobs: int, seconds: float, *, as_scenario: str = "",
+            **extra: Any) -> Result:
+    # as_scenario: the scenario whose label and settings the row takes (scaling's
+    # rows are drains, named as in the drain table).
+    named = as_scenario or scenario
+    return Result(scenario=scenario, target=target.name, label=target.label(named),
+                  settings=target.settings(named), jobs=jobs, seconds=seconds,
                   floor_candidate=target.name == "raw", extra=extra)
 
 
 # -- drain ---------------------------------------------------------------------------------
 
 
-def drain(target: Target, jobs: int, timeout: float, log: Log = stderr_log) -> Result:
+def drain(target: Target, jobs: int, timeout: float, log: Log = stderr_log,
+          scenario: str = "drain") -> Result:
+    """One drain of ``jobs`` stored jobs; ``scenario`` names the row (``scaling``
+    runs this same phase once per backlog size)."""
     def body() -> Result:
-        target.preload(jobs)
-        worker = WorkerProcess(target.worker_module,
-                               target.worker_spec("drain", "burst")).start()
-        out = worker.finish(timeout)
+        out = target.drain_once(jobs, timeout)
         if out["handled"] != jobs:
-            raise BenchmarkError(f"drain: {jobs} jobs in, the handler ran {out['handled']} times")
-        _check_empty(target, "drain")
+            raise BenchmarkError(f"{scenario}: {jobs} jobs in, the handler ran "
+                                 f"{out['handled']} times")
+        _check_empty(target, scenario)
         first = out["first_start"] or out["started"]
-        return _result(target, "drain", jobs, out["ended"] - first,
+        extra: dict[str, Any] = {"backlog": jobs} if scenario == "scaling" else {}
+        return _result(target, scenario, jobs, out["ended"] - first, as_scenario="drain",
                        startup_seconds=round(first - out["started"], 3),
-                       total_seconds=round(out["ended"] - out["started"], 3))
+                       total_seconds=round(out["ended"] - out["started"], 3),
+                       preload_seconds=round(out["preload_seconds"], 2), **extra)
 
-    return _phase(target, "drain", log, body)
+    label = target.label("drain")
+    if scenario != "drain":
+        label = f"{label}, backlog {jobs:,}"
+    return _phase(target, scenario, log, body, label=label)
 
 
-# -- enqueue-tx and bulk -------------------------------------------------------------------------
+# -- enqueue-tx, enqueue-one and bulk ------------------------------------------------------
 
 
 def enqueue_tx(target: Target, jobs: int, clients: int, log: Log = stderr_log) -> Result:
@@ -125,6 +141,17 @@ def enqueue_tx(target: Target, jobs: int, clients: int, log: Log = stderr_log) -
         return _result(target, "enqueue-tx", jobs, elapsed, clients=clients)
 
     return _phase(target, "enqueue-tx", log, body)
+
+
+def enqueue_one(target: Target, jobs: int, log: Log = stderr_log) -> Result:
+    def body() -> Result:
+        elapsed = target.enqueue_one(jobs)
+        stored = target.stored()
+        if stored != jobs:
+            raise BenchmarkError(f"enqueue-one: {jobs} jobs enqueued, {stored} stored")
+        return _result(target, "enqueue-one", jobs, elapsed, clients=1)
+
+    return _phase(target, "enqueue-one", log, body)
 
 
 def bulk(target: Target, jobs: int, batch: int, log: Log = stderr_log) -> Result:

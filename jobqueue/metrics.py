@@ -69,7 +69,7 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         labels = ["queue", "task"]
         self.jobs = Counter("jobqueue_jobs", "Finished attempts, by outcome "
-                            "(succeeded, retried, dead).", [*labels, "outcome"],
+                            "(succeeded, retried, dead, lease_lost).", [*labels, "outcome"],
                             registry=self.registry)
         self.started = Counter("jobqueue_jobs_started", "Attempts started by this worker.",
                                labels, registry=self.registry)
@@ -89,14 +89,14 @@ class WorkerMetrics:
         self._lock = threading.Lock()
         # Label children cached per (queue, task): labels() takes a lock and a
         # dict lookup of its own; the hot path should pay that once per task.
-        self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._latency: dict[str, Any] = {}
         self.registry.register(_StateCollector(self))
         self._server: Any = None
 
     # -- per job (called on the worker's event loop) -----------------------------------
 
-    def _for(self, queue: str, task: str) -> tuple[Any, Any, Any, Any, Any]:
+    def _for(self, queue: str, task: str) -> tuple[Any, ...]:
         key = (queue, task)
         children = self._children.get(key)
         if children is None:
@@ -104,7 +104,8 @@ class WorkerMetrics:
                         self.jobs.labels(queue, task, "succeeded"),
                         self.jobs.labels(queue, task, "retried"),
                         self.jobs.labels(queue, task, "dead"),
-                        self.duration.labels(queue, task))
+                        self.duration.labels(queue, task),
+                        self.jobs.labels(queue, task, "lease_lost"))
             self._children[key] = children
         return children
 
@@ -118,7 +119,7 @@ class WorkerMetrics:
 
     def job_finished(self, job: JobLike, outcome: str, duration: float | None) -> None:
         children = self._for(job.queue, job.task)
-        index = {"succeeded": 1, "retried": 2, "dead": 3}[outcome]
+        index = {"succeeded": 1, "retried": 2, "dead": 3, "lease_lost": 5}[outcome]
         children[index].inc()
         if duration is not None:
             children[4].observe(duration)

@@ -47,6 +47,10 @@ class Kind(str, Enum):
     RETRIED = "retried"  # back to queued, due after ``delay``
     DEAD = "dead"  # moved to dead_jobs with a reason
     RELEASED = "released"  # handed back unfinished (shutdown): the attempt does not count
+    # Not written, but found: the job was no longer this worker's when its
+    # outcome was to be written (its lease ran out while the worker was frozen or
+    # cut off, and the fleet rescued it), so the write changed nothing.
+    LEASE_LOST = "lease_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,9 @@ class Outcome(NamedTuple):
 
     ``duration`` is the handler's run time (None when no handler ran: an unknown
     task, a job cancelled before it started). ``delay`` is set for a retry,
-    ``reason`` for a dead job, ``error`` for every failure.
+    ``reason`` for a dead job, ``error`` for every failure. A lease-lost outcome
+    keeps what the worker meant to write (``intended``) and who holds the job
+    now, where the database still has it (``owner``).
     """
 
     kind: Kind
@@ -109,6 +115,8 @@ class Outcome(NamedTuple):
     delay: float = 0.0
     reason: DeadReason | None = None
     error: ErrorEntry | None = None
+    intended: Kind | None = None
+    owner: str | None = None
 
     @classmethod
     def succeeded(cls, job: ClaimedJob, duration: float) -> Outcome:
@@ -127,3 +135,7 @@ class Outcome(NamedTuple):
     @classmethod
     def released(cls, job: ClaimedJob) -> Outcome:
         return cls(Kind.RELEASED, job)
+
+    def lost(self, owner: str | None) -> Outcome:
+        """This outcome, found not written: the lease was no longer this worker's."""
+        return self._replace(kind=Kind.LEASE_LOST, intended=self.kind, owner=owner)

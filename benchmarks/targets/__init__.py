@@ -4,12 +4,15 @@ A :class:`Target` is one system in one configuration (a "row" of a table). It
 owns a fresh store for the length of a scenario (:meth:`setup` /
 :meth:`teardown`), knows how to enqueue the way each scenario asks, and names
 the module whose ``work(spec, probe)`` runs its worker in a child process.
-Every target's handler is the same no-op (``probe.started(seq)``).
+Every target's handler is the same no-op (``probe.started(seq)``). A peer
+that is not Python (Graphile Worker) overrides :meth:`Target.drain_once`
+instead: its own process stores and drains, and reports the same counts.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -78,6 +81,11 @@ class Target:
         """``clients`` concurrent connections, one job per transaction, ``n`` in all."""
         raise NotImplementedError
 
+    def enqueue_one(self, n: int) -> float:
+        """One client, ``n`` jobs, each its own transaction with autocommit semantics;
+        the seconds the ``n`` enqueues took (connecting and warming up excluded)."""
+        raise NotImplementedError
+
     def latency_produce(self, first_seq: int, count: int,
                         interval: float) -> list[LatencySample]:
         """One job every ``interval`` seconds, each in its own transaction."""
@@ -93,6 +101,18 @@ class Target:
     def worker_spec(self, scenario: str, mode: str, record_starts: bool = False) -> dict[str, Any]:
         """What the child needs; ``mode`` is ``burst`` (drain, then return) or ``serve``."""
         raise NotImplementedError
+
+    def drain_once(self, n: int, timeout: float) -> dict[str, Any]:
+        """Store ``n`` jobs (:meth:`preload`, untimed), then drain them with one worker
+        process in burst mode. The child's report (``started``, ``first_start``,
+        ``ended`` as ``time.time()``, ``handled``) plus ``preload_seconds``."""
+        from benchmarks.child import WorkerProcess
+
+        stored = time.perf_counter()
+        self.preload(n)
+        preload_seconds = time.perf_counter() - stored
+        worker = WorkerProcess(self.worker_module, self.worker_spec("drain", "burst")).start()
+        return {**worker.finish(timeout), "preload_seconds": preload_seconds}
 
 
 def paced(interval: float) -> Any:

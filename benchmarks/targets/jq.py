@@ -10,6 +10,11 @@ gets by fetching the next batch while the last runs. Everything else at its defa
 flushed every 5 ms or 500 outcomes, heartbeat every 2 s, LISTEN/NOTIFY with a
 1 s poll as the fallback). Logging at ``warning``: the per-job events are
 debug-level and cost a no-op call either way.
+
+The drain also runs jobqueue at its defaults (``defaults=True``): a
+``WorkerConfig`` given no concurrency and no batch size, which is what
+``jobqueue worker`` runs without tuning flags. The enqueue-one scenario calls
+``enqueue()`` without ``conn``: jobqueue's own pool, which commits each job.
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ from benchmarks.common import drop_schema, fresh_schema, scalar
 from benchmarks.targets import LatencySample, Target, paced
 
 TASKS = {"async": "noop_async", "sync": "noop_sync"}
+# Jobs per enqueue_many call when storing a drain's backlog (enqueue_many sends
+# 1,000 or more by COPY): 10,000 stored 60k jobs/s here, 1,000 44k jobs/s.
+PRELOAD_BATCH = 10_000
+
+
+def worker_defaults() -> tuple[int, int]:
+    """Concurrency and batch size of a WorkerConfig given neither."""
+    from jobqueue.worker import WorkerConfig
+
+    config = WorkerConfig()
+    return config.concurrency, config.batch_size
 
 
 def build_app(dsn: str, schema: str, probe: Any = None) -> Any:
@@ -49,10 +65,12 @@ class JobQueueTarget(Target):
     worker_module = "benchmarks.targets.jq"
 
     def __init__(self, dsn: str, variant: str = "async", concurrency: int = 200,
-                 batch_size: int = 100) -> None:
+                 batch_size: int = 100, defaults: bool = False) -> None:
         super().__init__(dsn, variant or "async")
         self.concurrency = concurrency
         self.batch_size = batch_size
+        # The worker at its defaults: concurrency and batch_size left out of its config.
+        self.defaults = defaults
         self.schema = ""
         self.app: Any = None
 
@@ -62,15 +80,27 @@ class JobQueueTarget(Target):
 
     def label(self, scenario: str) -> str:
         if scenario in ("drain", "latency", "soak"):
-            return f"jobqueue ({self.variant} handler)"
+            kind = "jobqueue defaults" if self.defaults else "jobqueue"
+            return f"{kind} ({self.variant} handler)"
+        if scenario == "enqueue-one":
+            return "jobqueue: enqueue() without conn"
         return "jobqueue"
 
     def settings(self, scenario: str) -> str:
         if scenario in ("drain", "latency", "soak"):
+            handler = "async def" if self.variant == "async" else "def (thread pool)"
+            if self.defaults:
+                concurrency, batch_size = worker_defaults()
+                return (f"WorkerConfig() defaults, as `jobqueue worker` without tuning flags "
+                        f"(concurrency {concurrency}, batch_size {batch_size}), {handler} "
+                        "handler")
             return (f"Worker concurrency {self.concurrency}, batch_size {self.batch_size}, "
-                    f"{'async def' if self.variant == 'async' else 'def (thread pool)'} handler")
+                    f"{handler} handler")
         if scenario == "bulk":
             return "enqueue_many(conn=psycopg conn), one transaction per batch"
+        if scenario == "enqueue-one":
+            return ("enqueue(task, args) without conn: jobqueue's own pool commits each job; "
+                    "1 client, pool warmed by one enqueue first")
         return "enqueue(conn=psycopg conn) + commit, a thread per client"
 
     # -- the store ------------------------------------------------------------------------
@@ -104,7 +134,7 @@ class JobQueueTarget(Target):
 
         from benchmarks.common import vacuum_analyze
 
-        self.bulk(n, 1_000)
+        self.bulk(n, PRELOAD_BATCH)
         vacuum_analyze(self.dsn, sql.Identifier(self.schema, "jobs"))
 
     def bulk(self, n: int, batch: int) -> None:
@@ -139,6 +169,21 @@ class JobQueueTarget(Target):
         if errors:
             raise errors[0]
 
+    def enqueue_one(self, n: int) -> float:
+        from psycopg import sql
+
+        # The first enqueue opens the app's pool and probes the schema: paid
+        # before the clock starts (as enqueue_tx pays the probe), and the job it
+        # stored removed again, so that the count check sees the n jobs only.
+        warm = self.app.enqueue(self.task, {"seq": -1})
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(
+                sql.Identifier(self.schema, "jobs")), (warm,))
+        started = time.perf_counter()
+        for seq in range(n):
+            self.app.enqueue(self.task, {"seq": seq})
+        return time.perf_counter() - started
+
     def latency_produce(self, first_seq: int, count: int,
                         interval: float) -> list[LatencySample]:
         samples = []
@@ -170,8 +215,9 @@ class JobQueueTarget(Target):
     # -- the worker ----------------------------------------------------------------------
 
     def worker_spec(self, scenario: str, mode: str, record_starts: bool = False) -> dict[str, Any]:
-        return {"dsn": self.dsn, "schema": self.schema, "mode": mode,
-                "concurrency": self.concurrency, "batch_size": self.batch_size,
+        tuning = {} if self.defaults else {"concurrency": self.concurrency,
+                                           "batch_size": self.batch_size}
+        return {"dsn": self.dsn, "schema": self.schema, "mode": mode, "tuning": tuning,
                 "record_starts": record_starts}
 
 
@@ -181,9 +227,9 @@ def work(spec: dict[str, Any], probe: Any) -> dict[str, Any]:
 
     configure(level="warning", force=True)
     app = build_app(spec["dsn"], spec["schema"], probe)
-    worker = app.worker(WorkerConfig(
-        queues=("default",), concurrency=spec["concurrency"], batch_size=spec["batch_size"],
-        burst=spec["mode"] == "burst", handle_signals=False))
+    # No tuning: the worker's own defaults, as `jobqueue worker` without flags.
+    worker = app.worker(WorkerConfig(queues=("default",), burst=spec["mode"] == "burst",
+                                     handle_signals=False, **spec["tuning"]))
     probe.on_stop(worker.request_stop)
     try:
         worker.run()

@@ -11,7 +11,7 @@ from typing import Any
 
 from jobqueue.config import DEFAULT_WORKER_TIMEOUT
 from jobqueue.db.fleet import notify
-from jobqueue.db.statement import Op, Procedure, row, rows, run, scalar
+from jobqueue.db.statement import Op, Procedure, in_transaction, row, rows, run, scalar
 from jobqueue.protocol import SETTINGS_CHANGED
 from jobqueue.rows import (
     DeadJob,
@@ -54,7 +54,11 @@ def dead_replay_batch(where: dict[str, Any], after_id: int, limit: int,
 
 def set_queue(statement: str, params: dict[str, Any], control: str) -> Procedure[None]:
     """Change a queue's controls and tell every worker at once (they also re-read
-    them every second, in case they miss the NOTIFY)."""
+    them every second, in case they miss the NOTIFY); one transaction."""
+    yield from in_transaction(_set_queue(statement, params, control))
+
+
+def _set_queue(statement: str, params: dict[str, Any], control: str) -> Procedure[None]:
     yield run(statement, params)
     yield notify(control, SETTINGS_CHANGED)
 

@@ -60,6 +60,7 @@ class Beat:
 
     cancel_requested: list[int]
     reregistered: bool
+    extended: set[int]  # the held jobs still ours: their leases were extended
 
 
 def heartbeat(worker: Registration, held: list[int], lease: float) -> Procedure[Beat]:
@@ -74,7 +75,8 @@ def heartbeat(worker: Registration, held: list[int], lease: float) -> Procedure[
         # The leader reaped us (a long stall, a network cut): our jobs were
         # already rescued; come back as a fresh registration.
         yield register(worker)
-    return Beat([j.id for j in extended if j.cancel_requested], reregistered=alive is None)
+    return Beat([j.id for j in extended if j.cancel_requested], reregistered=alive is None,
+                extended={j.id for j in extended})
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from psycopg.sql import Identifier
 
@@ -189,52 +190,88 @@ def next_run_at(queues: Sequence[str]) -> Op:
 # -- outcomes ------------------------------------------------------------------------------
 
 
-def record(outcomes: Sequence[Outcome], unlock: Sequence[int],
-           worker_id: str) -> Procedure[None]:
+@dataclass(frozen=True)
+class Recorded:
+    """What a flush wrote: the jobs whose outcome landed, and the current owner of
+    each job whose outcome changed nothing (None: it is gone from jobs)."""
+
+    written: set[int]
+    lost: dict[int, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class JobOwner:
+    id: int
+    locked_by: str | None
+
+
+Tally = dict[str, list[int]]  # queue -> [succeeded, retried, dead]
+
+
+def tally(outcomes: Sequence[Outcome]) -> Tally:
+    """Per queue, the written outcomes of each kind (the columns of job_counts)."""
+    counts: Tally = {}
+    for o in outcomes:
+        column = _TALLIED.get(o.kind)
+        if column is not None:
+            row = counts.get(o.job.queue)
+            if row is None:
+                row = counts[o.job.queue] = [0, 0, 0]
+            row[column] += 1
+    return counts
+
+
+def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
+           worker_id: str) -> Procedure[Recorded]:
     """Persist a batch of outcomes in one round trip (the completer's flush).
 
     One DELETE for every success, one UPDATE for every retry, one DELETE-INSERT
-    for every dead job, the release of finished jobs' lock keys and the per-queue
-    outcome counts. Each statement is guarded by ``locked_by`` on its own, so a
-    flush sent twice changes nothing the second time.
+    for every dead job, one UPDATE for the released, the release of finished
+    jobs' lock keys and ``counts`` (the previous flush's tally: only what was
+    written is counted, and that is known once a flush returns). Each statement
+    is guarded by ``locked_by`` on its own, so a flush sent twice changes nothing
+    the second time, and an outcome whose statement changed no row was not this
+    worker's to write: it is ``lost``.
     """
     by_kind: dict[Kind, list[Outcome]] = {kind: [] for kind in Kind}
-    tally: dict[str, list[int]] = {}
     for o in outcomes:
         by_kind[o.kind].append(o)
-        column = _TALLIED.get(o.kind)
-        if column is not None:
-            counts = tally.get(o.job.queue)
-            if counts is None:
-                counts = tally[o.job.queue] = [0, 0, 0]
-            counts[column] += 1
     ops: list[Op] = []
     if ok := by_kind[Kind.SUCCEEDED]:
-        ops.append(run("ack_succeeded", {"ids": [o.job.id for o in ok], "worker_id": worker_id}))
+        ops.append(rows("ack_succeeded", {"ids": [o.job.id for o in ok],
+                                          "worker_id": worker_id}, JobId))
     if retries := by_kind[Kind.RETRIED]:
-        ops.append(run("ack_retry", {
+        ops.append(rows("ack_retry", {
             "ids": [o.job.id for o in retries], "attempts": [o.job.attempts for o in retries],
             "delays": [o.delay for o in retries],
             "errors": [o.error.to_json() for o in retries if o.error is not None],
-            "worker_id": worker_id}))
+            "worker_id": worker_id}, JobId))
     if dead := by_kind[Kind.DEAD]:
-        ops.append(run("ack_dead", {
+        ops.append(rows("ack_dead", {
             "ids": [o.job.id for o in dead],
             "reasons": [o.reason.value if o.reason else None for o in dead],
             "errors": [o.error.to_json() if o.error else None for o in dead],
-            "worker_id": worker_id}))
+            "worker_id": worker_id}, JobId))
     if released := by_kind[Kind.RELEASED]:
-        ops.append(run("release_jobs", {"ids": [o.job.id for o in released],
-                                        "worker_id": worker_id}))
+        ops.append(rows("release_jobs", {"ids": [o.job.id for o in released],
+                                         "worker_id": worker_id}, JobId))
+    acks = len(ops)
     if unlock:
         ops.append(run("release_locks", {"ids": list(unlock), "worker_id": worker_id}))
-    if tally:
-        queues = sorted(tally)
+    if counts:
+        queues = sorted(counts)
         ops.append(run("count_outcomes", {
-            "queues": queues, "succeeded": [tally[q][0] for q in queues],
-            "retried": [tally[q][1] for q in queues], "dead": [tally[q][2] for q in queues]}))
-    if ops:
-        yield Pipeline(tuple(ops))
+            "queues": queues, "succeeded": [counts[q][0] for q in queues],
+            "retried": [counts[q][1] for q in queues], "dead": [counts[q][2] for q in queues]}))
+    results: list[Any] = (yield Pipeline(tuple(ops))) if ops else []
+    written = {r.id for result in results[:acks] for r in result}
+    missing = [o.job.id for o in outcomes if o.job.id not in written]
+    if not missing:
+        return Recorded(written, {})
+    # Rare (a worker that was frozen or cut off): who has those jobs now?
+    owners: list[JobOwner] = yield rows("job_owners", {"ids": missing}, JobOwner)
+    found = {o.id: o.locked_by for o in owners}
+    return Recorded(written, {job_id: found.get(job_id) for job_id in missing})
 
 
 # The outcome columns of job_counts; a released job is no outcome.
@@ -265,7 +302,12 @@ def is_live(job_id: int) -> Op:
 
 def cancel(job_id: int, control: str) -> Procedure[str]:
     """``cancelled`` (queued: now dead, reason cancelled), ``cancelling`` (running:
-    its worker is told), or ``not_found``."""
+    its worker is told), or ``not_found``; one transaction."""
+    outcome: str = yield Transaction(_cancel(job_id, control))
+    return outcome
+
+
+def _cancel(job_id: int, control: str) -> Procedure[str]:
     kind, message = CANCELLED_QUEUED
     if (yield scalar("cancel_queued", {"id": job_id, "error_type": kind,
                                        "error_message": message})) is not None:

@@ -134,6 +134,10 @@ SELECT {dead_columns},
 FROM gone
 RETURNING id;
 
+-- name: job_owners
+-- Who holds these jobs now (for jobs whose outcome this worker could not write).
+SELECT id, locked_by FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]);
+
 -- name: release_jobs
 -- Graceful shutdown: hand unfinished jobs back without counting the attempt
 -- the claim had counted; these ids, or (NULL) all of the worker's.

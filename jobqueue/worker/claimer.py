@@ -90,4 +90,19 @@ class Claimer:
     async def claim(self, store: AsyncStore, limit: int) -> list[ClaimedJob]:
         await self.refresh(store)
         request = self.request(limit)
-        return [] if request is None else await store.run(jobs.claim(request))
+        if request is None:
+            return []
+        return claim_order(request, await store.run(jobs.claim(request)))
+
+
+def claim_order(request: jobs.ClaimRequest, claimed: list[ClaimedJob]) -> list[ClaimedJob]:
+    """The claimed jobs in the order the claim chose them, to start them in.
+
+    UPDATE ... RETURNING gives rows in the order it updated them (by id, through
+    the primary key), not the order the claim picked them in; with a buffer the
+    order matters: the jobs start one by one as slots free.
+    """
+    rank = {queue: i for i, queue in enumerate(request.queues)} if request.ranked else {}
+    if request.oldest:
+        return sorted(claimed, key=lambda j: (rank.get(j.queue, 0), j.run_at, j.id))
+    return sorted(claimed, key=lambda j: (rank.get(j.queue, 0), j.priority, j.run_at, j.id))

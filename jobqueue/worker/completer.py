@@ -43,6 +43,8 @@ class Completer(Service):
         # Jobs with a lock_key whose outcome is buffered or written: their key is
         # freed in the next flush, after the ack.
         self._unlock: list[int] = []
+        # The last flush's written outcomes per queue, counted in the next one.
+        self._counts: jobs.Tally = {}
         self._full = asyncio.Event()
 
     # -- called by the executor ------------------------------------------------------------
@@ -75,11 +77,14 @@ class Completer(Service):
         backoff = Backoff()
         while True:
             if not self.pending:
-                if self.stopping:
+                if self.stopping and not self._counts:
                     return
-                await self.sleep(self.flush_interval, self._full)
+                if not self.stopping:
+                    await self.sleep(self.flush_interval, self._full)
             self._full.clear()
-            if not self.pending:
+            # Counts alone do not make a flush come sooner: they ride with the
+            # next outcomes, or go on their own after a flush interval.
+            if not self.pending and not self._counts:
                 continue
             try:
                 await self.flush()
@@ -91,17 +96,31 @@ class Completer(Service):
                 await asyncio.sleep(delay)
 
     async def flush(self) -> None:
-        """Write every buffered outcome, then report them; on failure they stay buffered."""
+        """Write every buffered outcome, then report them; on failure they stay buffered.
+
+        An outcome whose write changed nothing is reported as lease lost: the job
+        was rescued and handed to another worker while this one was frozen or
+        cut off, so what it did is not what the database holds.
+        """
         state = self.state
-        outcomes, state.unacked = state.unacked, []
-        unlock, self._unlock = self._unlock, []
-        try:
-            await self.store.run(jobs.record(outcomes, unlock, state.worker_id))
-        except BaseException:
-            state.unacked = outcomes + state.unacked
-            self._unlock = unlock + self._unlock
-            raise
+        # Taken, not removed: until the write lands they are still unacked (their
+        # jobs still held, a burst worker still waiting for them).
+        outcomes, unlock, counts = list(state.unacked), list(self._unlock), self._counts
+        recorded = await self.store.run(jobs.record(outcomes, unlock, counts, state.worker_id))
+        del state.unacked[:len(outcomes)]
+        del self._unlock[:len(unlock)]
+        if recorded.lost:
+            outcomes = [o.lost(recorded.lost[o.job.id]) if o.job.id in recorded.lost else o
+                        for o in outcomes]
+        self._counts = jobs.tally(outcomes)  # the counts just sent are written
         state.counts.update(o.kind.value for o in outcomes)
+        for observe in self.observers:
+            for outcome in outcomes:
+                observe(outcome)
+
+    def lost(self, outcomes: list[Outcome]) -> None:
+        """Report outcomes found lost without a write (buffered jobs whose lease went)."""
+        self.state.counts.update(o.kind.value for o in outcomes)
         for observe in self.observers:
             for outcome in outcomes:
                 observe(outcome)

@@ -1,12 +1,13 @@
 """The executor: runs handlers, at most ``concurrency`` at a time, one Outcome each.
 
-Async handlers run on the worker's event loop; sync handlers run in a thread
-pool of the same size (a sync task with a timeout in a forked child that can
-be killed). Each job runs in its own asyncio task, and whatever a handler
-raises becomes that job's :class:`~jobqueue.outcome.Outcome` only: it never
-reaches the loop or another job. Every attempt that ends yields exactly one
-Outcome, handed to the completer; an attempt cut short by shutdown yields
-none (its job is released with the rest).
+Async handlers run on the worker's event loop, each job in its own asyncio
+task; sync handlers run in a pull-based thread pool of the same size
+(:mod:`jobqueue.worker.threads`), and a sync task with a timeout in a forked
+child that can be killed. Whatever a handler raises becomes that job's
+:class:`~jobqueue.outcome.Outcome` only: it never reaches the loop or another
+job. Every attempt that ends yields exactly one Outcome, handed to the
+completer; an attempt cut short by shutdown yields none (its job is released
+with the rest).
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import contextvars
 import functools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from jobqueue.outcome import DeadReason, ErrorEntry, Outcome
+from jobqueue.outcome import DeadReason, ErrorEntry, Kind, Outcome
 from jobqueue.rows import ClaimedJob
 from jobqueue.tasks import JobContext, Task
 from jobqueue.worker.completer import Completer
 from jobqueue.worker.forked import fork_available, run_forked
 from jobqueue.worker.lifecycle import Lifecycle
 from jobqueue.worker.state import Running, WorkerState
+from jobqueue.worker.threads import ThreadRunner
 
 
 class HandlerTimeoutError(TimeoutError):
@@ -47,8 +50,13 @@ class Executor:
         self.completer = completer
         self.lifecycle = lifecycle
         self.log = log
+        # Sync handlers without a timeout: a thread each, results back in batches.
+        self.runner: ThreadRunner[ClaimedJob, Outcome] = ThreadRunner(
+            state.concurrency, asyncio.get_running_loop(), self._delivered)
+        # Where fork is unavailable, timed sync handlers use an executor (a
+        # future to wait on with a timeout).
         self.threads = ThreadPoolExecutor(max_workers=state.concurrency,
-                                          thread_name_prefix="jobqueue")
+                                          thread_name_prefix="jobqueue-timed")
         self._busy_threads = 0
         self._busy_lock = threading.Lock()
         # Jobs an operator cancelled (jobqueue cancel) while they ran.
@@ -62,8 +70,25 @@ class Executor:
 
     def fill(self) -> None:
         state = self.state
-        while self.starting and state.buffer and len(state.inflight) < state.concurrency:
+        if not self.starting or state.lease_in_doubt():
+            return  # a buffered job may be someone else's now: the heartbeat checks first
+        while state.buffer and len(state.inflight) < state.concurrency:
             self.submit(state.buffer.popleft())
+
+    def recheck(self, still_ours: set[int]) -> None:
+        """A heartbeat after doubt: keep the buffered jobs still leased to us, report
+        the others as lease lost (never started), and go on."""
+        state = self.state
+        lost = [job for job in state.buffer if job.id not in still_ours]
+        if lost:
+            state.buffer = deque(job for job in state.buffer if job.id in still_ours)
+            self.completer.lost([Outcome(Kind.LEASE_LOST, job) for job in lost])
+            for job in lost:
+                if job.lock_key is not None:
+                    self.completer.unlock(job.id)  # guarded: never another worker's key
+        state.suspect = False
+        self.fill()
+        state.wake_fetcher()
 
     def stop_starting(self) -> None:
         """Shutdown: run no more buffered jobs (the worker releases them)."""
@@ -74,23 +99,35 @@ class Executor:
         ctx = JobContext(id=job.id, task=job.task, queue=job.queue, attempt=job.attempts,
                          max_attempts=job.max_attempts, worker_id=state.worker_id)
         handler = self.tasks.get(job.task)
-        task = asyncio.get_running_loop().create_task(self._attempt(job, ctx, handler))
-        state.inflight[job.id] = Running(task, ctx, handler is None or handler.is_async,
-                                         handler is not None and handler.timeout is not None)
         state.idle.clear()
         state.started += 1
+        if handler is not None and not handler.is_async and handler.timeout is None:
+            state.inflight[job.id] = Running(None, ctx, False, False)
+            self.runner.submit(job, functools.partial(self._attempt_in_thread, job, ctx,
+                                                      handler))
+            return
+        task = asyncio.get_running_loop().create_task(self._attempt(job, ctx, handler))
+        state.inflight[job.id] = Running(task, ctx, handler is None or handler.is_async,
+                                         handler is not None)
         task.add_done_callback(functools.partial(self._done, job))
 
     def _done(self, job: ClaimedJob, task: asyncio.Task[Outcome]) -> None:
+        # A task cancelled by shutdown has no outcome: its job (and lock key)
+        # is released with the rest.
+        self._finished(job, None if task.cancelled() else task.result())
+
+    def _delivered(self, batch: list[tuple[ClaimedJob, Outcome]]) -> None:
+        for job, outcome in batch:
+            self._finished(job, outcome)
+
+    def _finished(self, job: ClaimedJob, outcome: Outcome | None) -> None:
         state = self.state
         state.inflight.pop(job.id, None)
         self.cancel_requested.discard(job.id)
-        if not task.cancelled():
-            self.completer.record(task.result())
+        if outcome is not None:
+            self.completer.record(outcome)
             if job.lock_key is not None:
-                # Free the key with the outcome. (A task cancelled by shutdown
-                # has none; its job and key are released with the rest.)
-                self.completer.unlock(job.id)
+                self.completer.unlock(job.id)  # freed with the outcome
         self.fill()
         if not state.inflight:
             state.idle.set()
@@ -112,11 +149,19 @@ class Executor:
         outcome: the worker releases their jobs back to the queue.
         """
         pending = list(self.state.inflight.values())
+        tasks = [r.task for r in pending if r.task is not None]
         for running in pending:
             running.ctx._cancel.set()
-            running.task.cancel()
-        if pending:
-            await asyncio.wait([r.task for r in pending], timeout=1.0)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        for job_id in [k for k, r in self.state.inflight.items() if r.task is None]:
+            # Threads cannot be stopped: their jobs are released with the rest,
+            # and what they return now is not written.
+            self.state.inflight.pop(job_id)
+        if not self.state.inflight:
+            self.state.idle.set()
         return len(pending)
 
     def cancel(self, job_id: int) -> bool:
@@ -132,7 +177,7 @@ class Executor:
             return self._cancel_buffered(job_id)
         self.cancel_requested.add(job_id)
         running.ctx._cancel.set()
-        if running.is_async or running.forked:
+        if running.task is not None and (running.is_async or running.forked):
             running.task.cancel()  # async: CancelledError in the handler; forked: kills the child
         return True
 
@@ -153,7 +198,7 @@ class Executor:
         # threads running their sync handlers go on (and would keep the
         # process alive at exit, since Python joins pool threads).
         with self._busy_lock:
-            return self._busy_threads > 0
+            return self._busy_threads > 0 or self.runner.busy > 0
 
     def _in_thread(self, call: Callable[[], Any]) -> Any:
         with self._busy_lock:
@@ -165,38 +210,67 @@ class Executor:
                 self._busy_threads -= 1
 
     def close(self) -> None:
+        self.runner.close()
         self.threads.shutdown(wait=False, cancel_futures=True)
 
-    async def _attempt(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> Outcome:
-        """The one Outcome of this attempt (CancelledError: shutdown, none)."""
-        started = self.lifecycle.started(job)  # binds the job's log context to this task
-        worker = self.state.worker_id
+    def _refused(self, job: ClaimedJob, task: Task | None) -> Outcome | None:
+        """The outcome of an attempt that does not call the handler, if this is one."""
         if task is None:
             return Outcome.dead(job, None, DeadReason.UNKNOWN_TASK, ErrorEntry.of(
-                job.attempts, worker, "UnknownTask",
+                job.attempts, self.state.worker_id, "UnknownTask",
                 f"no task named {job.task!r} is registered in this worker"))
         if job.cancel_requested:
             # Cancelled while it was running before and then went back to the
             # queue (a retry, a shutdown): honour the cancel instead of running.
             return Outcome.dead(job, None, DeadReason.CANCELLED, ErrorEntry.of(
-                job.attempts, worker, "Cancelled", "cancelled before this attempt started"))
+                job.attempts, self.state.worker_id, "Cancelled",
+                "cancelled before this attempt started"))
+        return None
+
+    def _failed(self, job: ClaimedJob, task: Task, exc: BaseException,
+                started: float) -> Outcome:
+        duration = time.monotonic() - started
+        if job.id in self.cancel_requested:
+            # A handler that stops on ctx.cancelled by raising (a sync one
+            # cannot be interrupted otherwise) was cancelled, not failed: a
+            # retry would run the job the operator cancelled again.
+            return Outcome.dead(job, duration, DeadReason.CANCELLED,
+                                ErrorEntry.of_exception(job.attempts, self.state.worker_id, exc))
+        return task.retry.outcome(job, exc, duration, self.state.worker_id)
+
+    async def _attempt(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> Outcome:
+        """The one Outcome of this attempt (CancelledError: shutdown, none)."""
+        started = self.lifecycle.started(job)  # binds the job's log context to this task
+        refused = self._refused(job, task)
+        if refused is not None:
+            return refused
+        assert task is not None  # refused otherwise
         try:
             await self._call(task, job, ctx)
         except asyncio.CancelledError:
             if job.id not in self.cancel_requested:
                 raise  # shutdown: no outcome, the job is released
             return Outcome.dead(job, time.monotonic() - started, DeadReason.CANCELLED,
-                                ErrorEntry.of(job.attempts, worker, "Cancelled",
+                                ErrorEntry.of(job.attempts, self.state.worker_id, "Cancelled",
                                               "cancelled while running"))
         except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
-            duration = time.monotonic() - started
-            if job.id in self.cancel_requested:
-                # A handler that stops on ctx.cancelled by raising (a sync one
-                # cannot be interrupted otherwise) was cancelled, not failed: a
-                # retry would run the job the operator cancelled again.
-                return Outcome.dead(job, duration, DeadReason.CANCELLED,
-                                    ErrorEntry.of_exception(job.attempts, worker, exc))
-            return task.retry.outcome(job, exc, duration, worker)
+            return self._failed(job, task, exc, started)
+        return Outcome.succeeded(job, time.monotonic() - started)
+
+    def _attempt_in_thread(self, job: ClaimedJob, ctx: JobContext, task: Task) -> Outcome:
+        """:meth:`_attempt` of a sync handler, in a pool thread (in a copy of the
+        submitting context: the job's log context stays with the job)."""
+        started = self.lifecycle.started(job)
+        refused = self._refused(job, task)
+        if refused is not None:
+            return refused
+        try:
+            if task.pass_context:
+                task.fn(ctx, **job.args)
+            else:
+                task.fn(**job.args)
+        except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
+            return self._failed(job, task, exc, started)
         return Outcome.succeeded(job, time.monotonic() - started)
 
     async def _call(self, task: Task, job: ClaimedJob, ctx: JobContext) -> None:
@@ -211,11 +285,11 @@ class Executor:
             except asyncio.TimeoutError:
                 raise HandlerTimeoutError(f"timed out after {task.timeout:g}s") from None
             return
+        # Sync handlers without a timeout go to the thread runner (submit); here
+        # only those with one.
+        assert task.timeout is not None
         call = (functools.partial(task.fn, ctx, **args) if task.pass_context
                 else functools.partial(task.fn, **args))
-        if task.timeout is None:
-            await self._in_pool(call)
-            return
         if fork_available():
             # A thread cannot be killed; a child process can. Past the timeout
             # the child is SIGKILLed, so the job can never run twice at once.

@@ -61,7 +61,9 @@ class Fetcher(Service):
         while not self.stopping:
             state.wake.clear()
             room = state.room
-            if room <= 0 or (state.buffer and room < self.refill):
+            # In doubt about its leases (frozen, cut off), a worker claims
+            # nothing more until a heartbeat has re-registered and checked them.
+            if room <= 0 or (state.buffer and room < self.refill) or state.lease_in_doubt():
                 await self.sleep(self.poll_interval, state.wake)
                 continue
             limit = min(self.batch_size, room)

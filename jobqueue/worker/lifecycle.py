@@ -74,6 +74,14 @@ class Lifecycle:
                              reason=outcome.reason.value if outcome.reason else None,
                              error=error.type if error else None,
                              message=error.first_line if error else None)
+        elif outcome.kind is Kind.LEASE_LOST:
+            # What this worker did (or would have done) is not what happened to
+            # the job: say so, once per job, loudly.
+            self.log.warning("job.lease_lost", **common, ran=outcome.duration is not None,
+                             intended=outcome.intended.value if outcome.intended else None,
+                             owner=outcome.owner,
+                             note="the lease ran out (worker frozen or cut off) and the job "
+                                  "was rescued: its outcome here was not written")
         else:
             return  # released: not an outcome of the job, the worker handed it back
         if self.metrics is not None:

@@ -10,9 +10,11 @@ change).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter, deque
 from typing import NamedTuple
 
+from jobqueue.config import DEFAULT_LEASE
 from jobqueue.outcome import Outcome
 from jobqueue.rows import ClaimedJob
 from jobqueue.tasks import JobContext
@@ -21,17 +23,25 @@ from jobqueue.tasks import JobContext
 class Running(NamedTuple):
     """A job whose handler runs now."""
 
-    task: asyncio.Task[Outcome]
+    task: asyncio.Task[Outcome] | None  # None: a sync handler in a pool thread
     ctx: JobContext
     is_async: bool
     forked: bool
 
 
 class WorkerState:
-    def __init__(self, worker_id: str, concurrency: int, prefetch: int = 0) -> None:
+    def __init__(self, worker_id: str, concurrency: int, prefetch: int = 0,
+                 lease_timeout: float = DEFAULT_LEASE) -> None:
         self.worker_id = worker_id
         self.concurrency = concurrency
         self.prefetch = prefetch
+        # The last time a heartbeat extended this worker's leases. Past
+        # lease_timeout without one (the process was frozen, the network cut),
+        # its jobs may have been rescued and handed to another worker: until a
+        # heartbeat has checked which are still ours, the lease is in doubt.
+        self.lease_timeout = lease_timeout
+        self.last_beat = time.monotonic()
+        self.suspect = False
         self.inflight: dict[int, Running] = {}
         # Claimed ahead, waiting for a free slot: leased (and heartbeated) like
         # running jobs, released unstarted at shutdown without counting an attempt.
@@ -56,6 +66,12 @@ class WorkerState:
         """How many more jobs the worker may claim: never more than
         ``concurrency + prefetch`` held at once, running or buffered."""
         return self.concurrency + self.prefetch - len(self.inflight) - len(self.buffer)
+
+    def lease_in_doubt(self) -> bool:
+        """True from the moment the leases may have run out until a heartbeat checked them."""
+        if not self.suspect and time.monotonic() - self.last_beat > self.lease_timeout:
+            self.suspect = True
+        return self.suspect
 
     def held_ids(self) -> list[int]:
         """Jobs this worker holds: buffered, running, or finished with the outcome

@@ -47,6 +47,7 @@ from jobqueue.db.store import AsyncStore, PoolOptions
 from jobqueue.errors import ConfigError, JobQueueError, SchemaNotMigratedError
 from jobqueue.log import configure, get_logger
 from jobqueue.metrics import WorkerMetrics
+from jobqueue.outcome import Outcome
 from jobqueue.protocol import SETTINGS_CHANGED, parse_cancel
 from jobqueue.registry import Registry
 from jobqueue.worker.claimer import Claimer
@@ -198,7 +199,8 @@ class Worker:
         registration = fleet.Registration(self.id, socket.gethostname(), os.getpid(),
                                           list(cfg.queues), cfg.concurrency)
         await store.run(fleet.register(registration))
-        state = WorkerState(self.id, cfg.concurrency, cfg.buffered)
+        state = WorkerState(self.id, cfg.concurrency, cfg.buffered,
+                            lease_timeout=min(cfg.lease, cfg.worker_timeout))
         self.state = state
         services = self._compose(store, state, registration)
         self.services = {s.name: s for s in services}
@@ -272,7 +274,8 @@ class Worker:
         services += [
             listener,
             Heartbeat(store, state, registration, self.log, interval=cfg.heartbeat_interval,
-                      lease=cfg.lease, on_cancel_requested=executor.cancel),
+                      lease=cfg.lease, on_cancel_requested=executor.cancel,
+                      on_recheck=executor.recheck),
             Maintenance(store, self.log, interval=cfg.maintenance_interval,
                         worker_timeout=cfg.worker_timeout,
                         session_grace=max(cfg.heartbeat_interval * 3, 5.0)),
@@ -323,8 +326,11 @@ class Worker:
     async def _shutdown(self, store: AsyncStore, state: WorkerState) -> None:
         cfg = self.config
         services = list(self.services.values())
-        # Buffered jobs are not started any more: they are released below.
+        # Buffered jobs are not started any more: they go back to the queue.
         self.executor.stop_starting()
+        for job in state.buffer:
+            self.executor.completer.record(Outcome.released(job))
+        state.buffer.clear()
         self.log.info("worker.stopping", in_flight=len(state.inflight),
                       buffered=len(state.buffer), grace=cfg.shutdown_timeout)
         # A stopping worker claims nothing more and fires no more ticks ...
@@ -345,7 +351,9 @@ class Worker:
             self.log.error("worker.unflushed", pending=len(state.unacked),
                            note="these jobs stay leased and will be rescued and run again")
         try:
-            self.released = await store.run(jobs.release_all(self.id))
+            # Whatever else is still ours (handlers past the grace, unflushed).
+            self.released = state.counts["released"] + await store.run(
+                jobs.release_all(self.id))
             await store.run(fleet.deregister(self.id))
         except JobQueueError as exc:  # the lease covers what we could not release
             self.log.error("worker.release_failed", error=str(exc))
@@ -354,7 +362,7 @@ class Worker:
         self._close_metrics()
         self.stats = {"claimed": state.claimed, "released": self.released,
                       "succeeded": state.counts["succeeded"], "retried": state.counts["retried"],
-                      "dead": state.counts["dead"]}
+                      "dead": state.counts["dead"], "lease_lost": state.counts["lease_lost"]}
         self.log.info("worker.stopped", **self.stats)
 
     # -- signals ------------------------------------------------------------------------

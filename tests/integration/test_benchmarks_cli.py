@@ -5,13 +5,14 @@ speed. ``python -m benchmarks all`` runs as a user would run it (a subprocess
 from the repository root); every scenario must produce its rows, each row
 must account for exactly the jobs it was given, and the ratios must be the
 ratios of the reported rates. The peers are exercised when the ``bench``
-extra is installed.
+extra is installed, Graphile Worker when node and npm are on PATH.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -22,7 +23,8 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--drain-jobs", "300", "--tx-jobs", "40", "--clients", "4", "--bulk-jobs", "500",
+TINY = ["--drain-jobs", "300", "--tx-jobs", "40", "--clients", "4", "--one-jobs", "30",
+        "--bulk-jobs", "500",
         "--bulk-batch", "200", "--latency-jobs", "10", "--latency-interval", "0.01",
         "--soak-seconds", "2", "--soak-window", "1", "--soak-hold", "0.5", "--timeout", "60"]
 
@@ -55,22 +57,26 @@ def test_all_scenarios_run_and_the_json_adds_up(pg_dsn: str) -> None:
     document = run_suite(pg_dsn, "all", "--targets", "raw,jobqueue", *TINY)
 
     rows = by_scenario(document)
-    assert list(rows) == ["drain", "enqueue-tx", "bulk", "latency", "soak"]
+    assert list(rows) == ["drain", "enqueue-tx", "enqueue-one", "bulk", "latency", "soak"]
     labels = {s: [r["label"] for r in group] for s, group in rows.items()}
     assert labels["drain"] == ["raw: claim 100 + delete", "jobqueue (async handler)",
-                               "jobqueue (sync handler)"]
+                               "jobqueue (sync handler)", "jobqueue defaults (async handler)",
+                               "jobqueue defaults (sync handler)"]
     assert labels["enqueue-tx"] == ["raw: INSERT", "raw: INSERT + NOTIFY", "jobqueue"]
+    assert labels["enqueue-one"] == ["raw: autocommit INSERT", "raw: autocommit INSERT + NOTIFY",
+                                     "jobqueue: enqueue() without conn"]
     assert labels["bulk"] == ["raw: INSERT unnest", "raw: COPY", "jobqueue"]
     assert labels["latency"] == ["raw: LISTEN + claim", "jobqueue (async handler)",
                                  "jobqueue (sync handler)"]
     assert labels["soak"] == ["raw: claim 100 + delete", "jobqueue (async handler)"]
 
-    expected_jobs = {"drain": 300, "enqueue-tx": 40, "bulk": 500, "latency": 10}
+    expected_jobs = {"drain": 300, "enqueue-tx": 40, "enqueue-one": 30, "bulk": 500,
+                     "latency": 10}
     for scenario, jobs in expected_jobs.items():
         for row in rows[scenario]:
             assert row["jobs"] == jobs, row
             assert row["jobs_per_second"] > 0
-    for scenario in ("drain", "enqueue-tx", "bulk"):
+    for scenario in ("drain", "enqueue-tx", "enqueue-one", "bulk"):
         group = rows[scenario]
         floor = max(r["jobs_per_second"] for r in group if r["target"] == "raw")
         for row in group:
@@ -89,8 +95,15 @@ def test_all_scenarios_run_and_the_json_adds_up(pg_dsn: str) -> None:
 
     checks = {c["target"]: c for c in document["targets"]}
     assert set(checks) >= {"drain vs raw floor", "enqueue-tx vs raw INSERT", "bulk",
+                           "enqueue-one: enqueue() without conn vs raw autocommit INSERT",
+                           "drain: jobqueue defaults (async handler)",
+                           "drain: jobqueue defaults (sync handler)",
                            "latency p50", "latency p99", "soak last/first window",
                            "soak worker RSS growth"}
+    # No peer in this run: half of the defaults' goal cannot be judged, and it says so
+    # (unless the half it can judge already fails).
+    defaults = checks["drain: jobqueue defaults (async handler)"]
+    assert defaults["met"] in (None, False)
     assert document["environment"]["postgres"]
     # Every schema the run created is gone.
     assert leftover_schemas(pg_dsn) == before
@@ -127,6 +140,65 @@ def test_peers_run_in_their_own_databases(pg_dsn: str) -> None:
             assert row["jobs"] == jobs
             assert row["vs_floor"] is None  # no raw target in this run
             assert row["vs_best_peer"] == pytest.approx(row["jobs_per_second"] / best, abs=2e-3)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                            (prefix + "%",)).fetchall()
+    assert left == []
+
+
+def test_scaling_drains_each_backlog_and_plots_it(pg_dsn: str, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    before = leftover_schemas(pg_dsn)
+    png, written = tmp_path / "scaling.png", tmp_path / "scaling.json"
+    document = run_suite(pg_dsn, "scaling", "--targets", "raw,jobqueue",
+                         "--scaling-sizes", "600,200", "--timeout", "60",
+                         "--plot", str(png), "--output", str(written))
+
+    rows = by_scenario(document)
+    assert list(rows) == ["scaling"]
+    group = rows["scaling"]
+    # Size by size (ascending, whatever order they were given in), every target at each.
+    assert [(r["label"], r["backlog"]) for r in group] == [
+        (label, size) for size in (200, 600)
+        for label in ("raw: claim 100 + delete", "jobqueue (async handler)",
+                      "jobqueue (sync handler)")]
+    for row in group:
+        assert row["jobs"] == row["backlog"]
+        assert row["jobs_per_second"] > 0
+        smallest = next(r for r in group if r["label"] == row["label"] and r["backlog"] == 200)
+        assert row["vs_smallest"] == pytest.approx(
+            row["jobs_per_second"] / smallest["jobs_per_second"], abs=2e-3)
+        raw = next(r for r in group if r["target"] == "raw" and r["backlog"] == row["backlog"])
+        if row["target"] == "raw":
+            assert row["vs_raw_same_size"] is None
+        else:
+            assert row["vs_raw_same_size"] == pytest.approx(
+                row["jobs_per_second"] / raw["jobs_per_second"], abs=2e-3)
+    checks = {c["target"]: c for c in document["targets"]}
+    for variant in ("async", "sync"):
+        assert f"scaling: jobqueue ({variant} handler) at 600 vs at 200" in checks
+        assert f"scaling: jobqueue ({variant} handler) vs raw at every size" in checks
+    assert json.loads(written.read_text())["results"] == document["results"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert leftover_schemas(pg_dsn) == before
+
+
+def test_graphile_worker_drains_as_a_peer(pg_dsn: str) -> None:
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("node and npm are not on PATH")
+    prefix = "jqt_" + uuid.uuid4().hex[:10]
+    # graphile-worker is installed on first use, into a cache folder outside the repo.
+    document = run_suite(pg_dsn, "drain", "--targets", "raw,graphile", "--drain-jobs", "300",
+                         "--peer-db-prefix", prefix, "--timeout", "60")
+    if "graphile" in document["left_out"]:
+        pytest.skip("graphile-worker could not be installed (no npm registry?)")
+    group = by_scenario(document)["drain"]
+    assert [r["target"] for r in group] == ["raw", "graphile"]
+    graphile = group[-1]
+    assert graphile["label"] == "graphile-worker 0.18.0"
+    assert graphile["jobs"] == 300
+    assert "concurrentJobs 24" in graphile["settings"]
+    assert graphile["vs_best_peer"] == pytest.approx(1.0)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                             (prefix + "%",)).fetchall()
