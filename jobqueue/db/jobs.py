@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from psycopg.sql import Identifier
@@ -125,6 +126,10 @@ def copy_rows(ids: list[int], batch: JobBatch, run_at: str) -> Iterator[str]:
 # -- claim ---------------------------------------------------------------------------------
 
 
+Position = tuple[int, datetime, int]  # (priority, run_at, id): a place in jobs_ready_idx
+HEAD: Position = (-32768, datetime.min.replace(tzinfo=timezone.utc), 0)
+
+
 @dataclass(frozen=True)
 class ClaimRequest:
     """One claim: ``limit`` jobs at most, from ``queues`` in this order.
@@ -142,10 +147,16 @@ class ClaimRequest:
     limited: list[str] = field(default_factory=list)
     lock_keys: list[int] = field(default_factory=list)
     rated: list[str] = field(default_factory=list)
+    #: Per queue, where its scan starts: (priority, run_at, id) of the index
+    #: position to start past; ``HEAD`` for the head (see the claim statement).
+    after: list[Position] = field(default_factory=list)
 
     def params(self, limits: list[int]) -> dict[str, object]:
+        after = self.after or [HEAD] * len(self.queues)
         return {"worker_id": self.worker_id, "lease": self.lease, "limit": self.limit,
-                "ranked": self.ranked, "queues": self.queues, "limits": limits}
+                "ranked": self.ranked, "queues": self.queues, "limits": limits,
+                "after_priorities": [p for p, _, _ in after],
+                "after_run_ats": [r for _, r, _ in after], "after_ids": [i for _, _, i in after]}
 
     @property
     def statement(self) -> str:

@@ -734,13 +734,27 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.priority,
 -- then the heads are merged: by the queues' rank when the worker weights its
 -- queues, else by priority, run_at, id across all of them. limits[i] is what
 -- queue i may give (fleet-wide limits make it smaller than limit).
+--
+-- after_*[i] is where queue i's scan starts: past the last job this worker
+-- claimed from it, in the index's order. A deleted (acked) job leaves its index
+-- entry behind until vacuum removes it, and vacuum may not while any snapshot
+-- older than the delete is open (a long transaction elsewhere): a scan from the
+-- head of the index then walks every job finished since, and each claim gets
+-- slower with each job done. Starting past them is an index condition (a row
+-- comparison on the index's own columns), so the walk is skipped. Jobs that
+-- land before the start (a retry of higher priority, a released job) are found
+-- by the claims that start at the head: every few claims, and whenever a
+-- bounded claim comes back short (see worker/claimer.py). (-32768,
+-- '-infinity', 0) starts at the head.
 WITH picked AS (
     SELECT ready.id, ready.lock_key
-    FROM unnest(%(queues)s::text[], %(limits)s::integer[]) WITH ORDINALITY
-         AS q(name, qlimit, rank)
+    FROM unnest(%(queues)s::text[], %(limits)s::integer[], %(after_priorities)s::smallint[],
+                %(after_run_ats)s::timestamptz[], %(after_ids)s::bigint[]) WITH ORDINALITY
+         AS q(name, qlimit, after_priority, after_run_at, after_id, rank)
     CROSS JOIN LATERAL (
         SELECT id, priority, run_at, lock_key FROM {schema}.jobs AS c
         WHERE queue = q.name AND state = 'queued' AND run_at <= now()
+          AND (priority, run_at, id) > (q.after_priority, q.after_run_at, q.after_id)
           -- Jobs whose lock key is held would only fill the batch for
           -- claim_tail to turn away, and block the jobs queued behind them.
           AND (c.lock_key IS NULL OR NOT EXISTS (

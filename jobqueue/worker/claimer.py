@@ -27,6 +27,11 @@ from jobqueue.protocol import advisory_key
 from jobqueue.rows import OPEN_QUEUE, ClaimedJob, QueueSettings
 
 SETTINGS_TTL = 1.0  # seconds: how stale a pause or a limit may be without a NOTIFY
+# Every this many claims, every queue's scan starts at the head of the index,
+# which finds the jobs that landed behind where the scans had got to; and after
+# a claim that came back short, the next one does, at most this often (seconds).
+HEAD_EVERY = 8
+HEAD_INTERVAL = 0.5
 
 
 def queue_lock_key(schema: str, queue: str) -> int:
@@ -43,8 +48,13 @@ class Claimer:
     fair_every: int = 10
     rng: random.Random = field(default_factory=random.Random)
     settings: dict[str, QueueSettings] = field(default_factory=dict)
+    # Per queue, the index position past the last job claimed from it by
+    # priority (see the claim statement for why scans start there).
+    positions: dict[str, jobs.Position] = field(default_factory=dict)
     _loaded_at: float = -1e9
     _claims: int = 0
+    _short = False
+    _head_at: float = -1e9
 
     def invalidate(self) -> None:
         """A control message said the settings changed: re-read before the next claim."""
@@ -79,20 +89,41 @@ class Claimer:
             return None
         self._claims += 1
         limited = [q for q in queues if self.settings.get(q, OPEN_QUEUE).limited]
+        now = time.monotonic()
+        from_head = self._claims % HEAD_EVERY == 0 or (
+            self._short and now - self._head_at >= HEAD_INTERVAL)
+        if from_head:
+            self._head_at = now
         return jobs.ClaimRequest(
             worker_id=self.worker_id, lease=self.lease, limit=limit, queues=queues,
             ranked=bool(self.weights),
             oldest=self.fair_every > 0 and self._claims % self.fair_every == 0,
             limited=limited,
             lock_keys=sorted(queue_lock_key(self.schema, q) for q in limited),
-            rated=[q for q in limited if self.settings[q].rate_limit is not None])
+            rated=[q for q in limited if self.settings[q].rate_limit is not None],
+            after=[jobs.HEAD if from_head else self.positions.get(q, jobs.HEAD)
+                   for q in queues])
+
+    def advance(self, request: jobs.ClaimRequest, claimed: list[ClaimedJob]) -> None:
+        """Move each queue's start past what this claim took. A short claim may have
+        left jobs behind the starts: the next claim starts at the head (at most
+        every HEAD_INTERVAL seconds, so a steady trickle keeps its fast scans)."""
+        self._short = len(claimed) < request.limit
+        if request.oldest:
+            return  # another index, another order: positions unchanged
+        for job in claimed:
+            here = (job.priority, job.run_at, job.id)
+            if here > self.positions.get(job.queue, jobs.HEAD):
+                self.positions[job.queue] = here
 
     async def claim(self, store: AsyncStore, limit: int) -> list[ClaimedJob]:
         await self.refresh(store)
         request = self.request(limit)
         if request is None:
             return []
-        return claim_order(request, await store.run(jobs.claim(request)))
+        claimed = claim_order(request, await store.run(jobs.claim(request)))
+        self.advance(request, claimed)
+        return claimed
 
 
 def claim_order(request: jobs.ClaimRequest, claimed: list[ClaimedJob]) -> list[ClaimedJob]:

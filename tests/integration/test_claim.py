@@ -13,6 +13,7 @@ stops after ``limit`` rows, whatever the size of the backlog.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pytest
 from psycopg import sql as pgsql
 
 from jobqueue import JobQueue, sql
+from jobqueue.db import jobs
 from tests.helpers import count
 
 Row = tuple[Any, ...]
@@ -38,8 +40,9 @@ def params(worker_id: str, queues: list[str], limit: int, lease: float = 30.0) -
     ``limits`` is what each queue may give (the claimer lowers it for queues
     with a fleet-wide limit); ``ranked`` orders by queue weight first.
     """
-    return {"worker_id": worker_id, "lease": lease, "queues": queues, "limit": limit,
-            "limits": [limit] * len(queues), "ranked": False}
+    request = jobs.ClaimRequest(worker_id=worker_id, lease=lease, limit=limit, queues=queues,
+                                ranked=False, oldest=False)
+    return request.params([limit] * len(queues))  # the worker's own builder: scans from the head
 
 
 def claim(conn: psycopg.Connection[Any], schema: str, worker_id: str, queues: list[str],
@@ -289,16 +292,20 @@ def test_generic_claim_plan_reads_the_index(
     # knowing the queues or the limit. Force that plan to check it too.
     schema = realistic_jobs
     text = sql.query(statement, schema).as_string(conn)
-    names = ("worker_id", "lease", "queues", "limit", "limits", "ranked")
+    names = ("worker_id", "lease", "queues", "limit", "limits", "ranked", "after_priorities",
+             "after_run_ats", "after_ids")
     for n, name in enumerate(names, start=1):
         text = text.replace(f"%({name})s", f"${n}")
     conn.execute("SET plan_cache_mode = force_generic_plan")
-    conn.execute("PREPARE jq_claim(text, float8, text[], bigint, integer[], boolean) AS "
-                 + text)
+    conn.execute("PREPARE jq_claim(text, float8, text[], bigint, integer[], boolean, "
+                 "smallint[], timestamptz[], bigint[]) AS " + text)
     # (EXPLAIN EXECUTE cannot take bound parameters: the values go in as literals.)
     row = conn.execute(pgsql.SQL(
-        "EXPLAIN (FORMAT JSON) EXECUTE jq_claim('w', 30, {}::text[], 10, {}::integer[], false)")
-        .format(pgsql.Literal(queues), pgsql.Literal([10] * len(queues)))).fetchone()
+        "EXPLAIN (FORMAT JSON) EXECUTE jq_claim('w', 30, {}::text[], 10, {}::integer[], false, "
+        "{}::smallint[], {}::timestamptz[], {}::bigint[])")
+        .format(pgsql.Literal(queues), pgsql.Literal([10] * len(queues)),
+                pgsql.Literal([0] * len(queues)), pgsql.Literal(["-infinity"] * len(queues)),
+                pgsql.Literal([0] * len(queues)))).fetchone()
     conn.rollback()
     assert row is not None
     plan = row[0][0]["Plan"]
@@ -334,8 +341,10 @@ def explain_claim(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
 def test_claim_at_a_large_backlog_plans_without_jit_on_the_ready_index(
         large_backlog: str, conn: psycopg.Connection[Any]) -> None:
     schema = large_backlog
-    # The worker's connections run worker_session when the pool opens them.
+    # The worker's connections run worker_session when the pool opens them. A
+    # threshold of almost nothing: with JIT on, any plan would be compiled.
     conn.execute(sql.query("worker_session", schema))
+    conn.execute("SET jit_above_cost = 10")
     plan = explain_claim(conn, schema)
     assert "JIT" not in plan, plan
     ready = check_plan(plan["Plan"], "jobs_ready_idx")
@@ -344,8 +353,42 @@ def test_claim_at_a_large_backlog_plans_without_jit_on_the_ready_index(
     # The premise, where this server can JIT at all: a session with the default
     # settings would compile the claim on every run at this backlog.
     conn.execute("RESET jit")
+    conn.execute("SET jit_above_cost = 10")
     jit_row = conn.execute("SELECT pg_jit_available() AND current_setting('jit')::bool")
     available = jit_row.fetchone()
     if available is not None and available[0]:
         assert "JIT" in explain_claim(conn, schema)
     conn.rollback()
+
+
+# -- where a claim's scan starts -----------------------------------------------------------
+
+
+def test_jobs_that_land_behind_the_scan_start_are_claimed_soon_and_once(
+        app: JobQueue, admin: psycopg.Connection[Any]) -> None:
+    from jobqueue.db.store import AsyncStore, PoolOptions
+    from jobqueue.worker.claimer import HEAD_EVERY, Claimer
+
+    ids = app.enqueue_many([("work", None)] * 60, priority=5, strict=False)
+
+    async def main() -> tuple[int, list[list[int]]]:
+        store = AsyncStore(app.settings, probe=False, options=PoolOptions(autocommit=True))
+        claimer = Claimer(app.schema, "w", ("default",), 30.0, fair_every=0)
+        try:
+            batches = [[j.id for j in await claimer.claim(store, 10)]]
+            assert claimer.positions  # the next scan starts past these ten
+            # An urgent job sorts before that start: a bounded scan cannot see it.
+            urgent = await app.enqueue_async("work", priority=0, strict=False)
+            for _ in range(20):  # an empty claim is a batch too: it counts as a claim
+                batches.append([j.id for j in await claimer.claim(store, 10)])
+            return urgent, batches
+        finally:
+            await store.aclose()
+            await app.aclose()
+
+    urgent, batches = asyncio.run(main())
+    where = next(i for i, batch in enumerate(batches) if urgent in batch)
+    # Found by a scan from the head: the next after a short claim, or every HEAD_EVERY.
+    assert 1 <= where <= HEAD_EVERY
+    claimed = [job_id for batch in batches for job_id in batch]
+    assert sorted(claimed) == sorted([*ids, urgent])  # every job, exactly once

@@ -29,6 +29,7 @@ from psycopg import pq, sql
 from jobqueue import JobQueue, PayloadError, SchemaNotMigratedError, UnknownTaskError
 from jobqueue import sql as queries
 from jobqueue.db import migrate
+from jobqueue.db.jobs import ClaimRequest
 from jobqueue.payload import encode_args
 from tests.helpers import count, wait_until, worker_thread
 
@@ -366,10 +367,9 @@ def test_claim_takes_due_jobs_and_leaves_scheduled_ones(
     }
     conn.commit()
     # The worker's own claim statement, as the fetcher runs it.
-    claimed = admin.execute(queries.query("claim", app.schema), {
-        "worker_id": "test-claimer", "lease": 30.0, "queues": ["default"], "limit": 100,
-        "limits": [100], "ranked": False,
-    }).fetchall()
+    claimed = admin.execute(queries.query("claim", app.schema), ClaimRequest(
+        worker_id="test-claimer", lease=30.0, limit=100, queues=["default"], ranked=False,
+        oldest=False).params([100])).fetchall()
     assert {row[0] for row in claimed} == due
     left = admin.execute(sql.SQL("SELECT id, state, attempts, locked_by FROM {}")
                          .format(sql.Identifier(app.schema, "jobs"))).fetchall()

@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from jobqueue import JobContext, JobQueue, PermanentError, Retry, RetryAfter, sql
 from jobqueue.config import Settings
+from jobqueue.db.jobs import ClaimRequest
 from jobqueue.db.store import AsyncStore, PoolOptions
 from jobqueue.log import get_logger
 from jobqueue.worker.fetcher import Fetcher
@@ -427,9 +428,9 @@ def add_worker(admin: psycopg.Connection[Any], schema: str, worker_id: str, *,
 
 def claim_as(admin: psycopg.Connection[Any], schema: str, worker_id: str, limit: int) -> list[int]:
     """Claim jobs exactly as a worker does, with the real claim statement."""
-    rows = admin.execute(sql.query("claim", schema), {
-        "worker_id": worker_id, "lease": 30.0, "queues": ["default"], "limit": limit,
-        "limits": [limit], "ranked": False}).fetchall()
+    rows = admin.execute(sql.query("claim", schema), ClaimRequest(
+        worker_id=worker_id, lease=30.0, limit=limit, queues=["default"], ranked=False,
+        oldest=False).params([limit])).fetchall()
     return sorted(int(r[0]) for r in rows)
 
 
