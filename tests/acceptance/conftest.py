@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 from tests.acceptance import support
+from tests.faults import Db
 
 
 @pytest.fixture
@@ -32,3 +35,12 @@ def workers(env: dict[str, str], tmp_path: Path) -> Iterator[support.Workers]:
         yield fleet
     finally:
         fleet.cleanup()
+
+
+@pytest.fixture
+def db(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[Db]:
+    """A view of the test schema, with the effects table the fault apps record into."""
+    support.create_effects(admin, migrated)
+    view = Db(pg_dsn, migrated)
+    yield view
+    view.close()

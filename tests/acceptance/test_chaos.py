@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
-from typing import Any
 
-import psycopg
 import pytest
 
 from jobqueue import JobQueue
@@ -28,14 +25,6 @@ FAULTY = "tests.apps.faulty:app"
 JOBS = 1000
 MAX_ATTEMPTS = 5
 WORKER_ARGS = ("--concurrency", "4", "--poll-interval", "0.2")
-
-
-@pytest.fixture
-def db(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[Db]:
-    support.create_effects(admin, migrated)
-    view = Db(pg_dsn, migrated)
-    yield view
-    view.close()
 
 
 def held_by(db: Db, worker_id: str) -> list[int]:

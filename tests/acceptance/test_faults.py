@@ -13,12 +13,10 @@ import asyncio
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
 from jobqueue import DatabaseError, JobQueue
@@ -34,14 +32,6 @@ from tests.faults import (
 from tests.helpers import wait_until
 
 FAULTY = "tests.apps.faulty:app"
-
-
-@pytest.fixture
-def db(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[Db]:
-    support.create_effects(admin, migrated)
-    view = Db(pg_dsn, migrated)
-    yield view
-    view.close()
 
 
 def effects(db: Db) -> list[tuple[int, int, int]]:

@@ -13,12 +13,7 @@ then re-registers and works normally.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import psycopg
-import pytest
 
 from jobqueue import JobQueue
 from tests.acceptance import support
@@ -28,14 +23,6 @@ from tests.helpers import wait_until
 
 FAULTY = "tests.apps.faulty:app"
 HEARTBEAT_TIMEOUT = 30.0  # the worker default the leader reaps by
-
-
-@pytest.fixture
-def db(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[Db]:
-    support.create_effects(admin, migrated)
-    view = Db(pg_dsn, migrated)
-    yield view
-    view.close()
 
 
 def held_by(db: Db, worker_id: str) -> int:
