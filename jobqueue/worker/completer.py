@@ -106,7 +106,12 @@ class Completer(Service):
         # Taken, not removed: until the write lands they are still unacked (their
         # jobs still held, a burst worker still waiting for them).
         outcomes, unlock, counts = list(state.unacked), list(self._unlock), self._counts
-        recorded = await self.store.run(jobs.record(outcomes, unlock, counts, state.worker_id))
+        state.flushing = len(outcomes)
+        try:
+            recorded = await self.store.run(jobs.record(outcomes, unlock, counts,
+                                                        state.worker_id))
+        finally:
+            state.flushing = 0
         del state.unacked[:len(outcomes)]
         del self._unlock[:len(unlock)]
         if recorded.lost:

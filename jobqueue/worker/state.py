@@ -46,8 +46,10 @@ class WorkerState:
         # Claimed ahead, waiting for a free slot: leased (and heartbeated) like
         # running jobs, released unstarted at shutdown without counting an attempt.
         self.buffer: deque[ClaimedJob] = deque()
-        # Outcomes recorded but not yet written: their jobs are still leased.
+        # Outcomes recorded but not yet written: their jobs are still leased. The
+        # first `flushing` of them are being written right now.
         self.unacked: list[Outcome] = []
+        self.flushing = 0
         self.wake = asyncio.Event()  # the fetcher's doorbell
         self.idle = asyncio.Event()
         self.idle.set()
@@ -76,8 +78,11 @@ class WorkerState:
     def held_ids(self) -> list[int]:
         """Jobs this worker holds: buffered, running, or finished with the outcome
         not yet written."""
+        # Not the outcomes being written: the heartbeat's UPDATE and the flush's
+        # DELETE would lock the same rows, each in its own order (a deadlock).
+        # Their leases are extended by the next beat if the write fails.
         return [*(j.id for j in self.buffer), *self.inflight,
-                *(o.job.id for o in self.unacked)]
+                *(o.job.id for o in self.unacked[self.flushing:])]
 
     def wake_fetcher(self) -> None:
         self.wake.set()
