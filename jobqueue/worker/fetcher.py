@@ -67,6 +67,9 @@ class Fetcher(Service):
                 await self.sleep(self.poll_interval, state.wake)
                 continue
             limit = min(self.batch_size, room)
+            # Outcomes not yet written when the claim began may include a retry
+            # due now that the claim's snapshot could not see.
+            unwritten = bool(state.unacked)
             try:
                 claimed = await self.claim(limit)
                 backoff.reset()
@@ -79,7 +82,7 @@ class Fetcher(Service):
             if len(claimed) == limit:
                 continue  # a full batch: more are probably ready
             if self.burst and not claimed and not state.inflight and not state.buffer:
-                if state.unacked:
+                if unwritten or state.unacked:
                     # Outcomes not yet written may include a retry that is due
                     # now: let them land, then look once more before leaving.
                     await self.sleep(0.01)
