@@ -47,8 +47,24 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _release_write_locks() -> None:
+    """In the child: free the log-writing locks another thread held at the fork.
+
+    Only the forking thread exists in the child; a lock that a handler thread of
+    the parent held while it wrote a log line (structlog keeps one per output
+    file) would stay locked forever, and the child's first log line would hang
+    until its timeout killed it. No other thread is left to use them.
+    """
+    from structlog import _output
+
+    for lock in list(getattr(_output, "WRITE_LOCKS", {}).values()):
+        if lock.locked():
+            lock.release()
+
+
 def _child(call: Callable[[], Any], out: Connection, parent: int) -> None:
     _die_with_parent(parent)
+    _release_write_locks()
     try:
         call()
         message: tuple[str, Any] = ("ok", None)
