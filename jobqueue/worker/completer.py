@@ -118,13 +118,11 @@ class Completer(Service):
             outcomes = [o.lost(recorded.lost[o.job.id]) if o.job.id in recorded.lost else o
                         for o in outcomes]
         self._counts = jobs.tally(outcomes)  # the counts just sent are written
-        state.counts.update(o.kind.value for o in outcomes)
-        for observe in self.observers:
-            for outcome in outcomes:
-                observe(outcome)
+        self.report(outcomes)
 
-    def lost(self, outcomes: list[Outcome]) -> None:
-        """Report outcomes found lost without a write (buffered jobs whose lease went)."""
+    def report(self, outcomes: list[Outcome]) -> None:
+        """Count outcomes and tell the observers: after a flush, or directly for jobs
+        found lost without a write (buffered jobs whose lease went)."""
         self.state.counts.update(o.kind.value for o in outcomes)
         for observe in self.observers:
             for outcome in outcomes:

@@ -82,7 +82,7 @@ class Executor:
         lost = [job for job in state.buffer if job.id not in still_ours]
         if lost:
             state.buffer = deque(job for job in state.buffer if job.id in still_ours)
-            self.completer.lost([Outcome(Kind.LEASE_LOST, job) for job in lost])
+            self.completer.report([Outcome(Kind.LEASE_LOST, job) for job in lost])
             for job in lost:
                 if job.lock_key is not None:
                     self.completer.unlock(job.id)  # guarded: never another worker's key
