@@ -28,6 +28,8 @@ from jobqueue.config import (
     DEFAULT_QUEUE,
     Settings,
     resolve_dsn,
+    resolve_listen_dsn,
+    resolve_pooler,
     resolve_schema,
 )
 from jobqueue.cron import Schedule
@@ -55,6 +57,9 @@ class JobQueue:
 
     ``dsn`` defaults to ``$JOBQUEUE_DSN``, else the embedded Postgres (started
     on first use). Nothing connects until the first enqueue or worker start.
+    Behind PgBouncer in transaction mode pass ``pooler="transaction"`` (or set
+    ``$JOBQUEUE_POOLER``), and for workers ``listen_dsn=``, a direct connection
+    for LISTEN (``$JOBQUEUE_LISTEN_DSN``; without it workers poll).
     """
 
     def __init__(
@@ -67,13 +72,17 @@ class JobQueue:
         default_queue: str = DEFAULT_QUEUE,
         default_max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         default_retry: Retry | None = None,
+        pooler: str | None = None,
+        listen_dsn: str | None = None,
     ) -> None:
         self.registry = Registry(default_queue=default_queue,
                                  default_max_attempts=default_max_attempts,
                                  default_retry=default_retry or Retry(),
                                  payload_limit=payload_limit)
         self.settings = Settings(dsn=resolve_dsn(dsn), schema=resolve_schema(schema),
-                                 payload_limit=payload_limit, connect_timeout=connect_timeout)
+                                 payload_limit=payload_limit, connect_timeout=connect_timeout,
+                                 pooler=resolve_pooler(pooler),
+                                 listen_dsn=resolve_listen_dsn(listen_dsn))
 
     @property
     def settings(self) -> Settings:
@@ -216,6 +225,11 @@ class JobQueue:
     def migrate(self) -> None:
         """Create or upgrade the jobqueue schema (idempotent)."""
         migrations.upgrade(self.dsn, self.schema)
+
+    def grant(self, role: str, *, worker: bool = False) -> None:
+        """Grant an existing ``role`` what enqueue needs (a producer), or with
+        ``worker`` what a worker needs; neither may create, drop or truncate."""
+        self.store.run(admin.grant("worker" if worker else "producer", role))
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new, unpooled connection to this queue's database (the caller closes it)."""

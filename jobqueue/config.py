@@ -38,6 +38,10 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_PREFETCH_PER_SLOT = 4
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_POLL_INTERVAL = 1.0
+#: What sits between jobqueue and Postgres: "none" (direct connections or a
+#: session pooler) or "transaction" (PgBouncer's transaction mode and its kin).
+POOLERS = ("none", "transaction")
+DEFAULT_POOLER = "none"
 
 _SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -50,6 +54,17 @@ class Settings:
     schema: str = DEFAULT_SCHEMA
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    pooler: str = DEFAULT_POOLER
+    #: A direct connection for LISTEN, bypassing the pooler (None: the DSN's database).
+    listen_dsn: str | None = None
+
+    @property
+    def pooled(self) -> bool:
+        """True behind a transaction pooler: consecutive transactions of one client
+        connection may run on different server sessions, so jobqueue's own
+        connections prepare no statement and keep no session state (see README,
+        "Behind PgBouncer")."""
+        return self.pooler == "transaction"
 
     @property
     def connect_timeout_arg(self) -> int:
@@ -69,6 +84,22 @@ def resolve_schema(schema: str | None) -> str:
 def resolve_dsn(dsn: str | None) -> str | None:
     """The explicit DSN, else ``$JOBQUEUE_DSN``; None means "use the embedded Postgres"."""
     value = dsn or os.environ.get("JOBQUEUE_DSN") or None
+    if value is not None:
+        validate_dsn(value)
+    return value
+
+
+def resolve_pooler(pooler: str | None) -> str:
+    """The argument, else ``$JOBQUEUE_POOLER``, else "none"."""
+    value = (pooler or os.environ.get("JOBQUEUE_POOLER") or DEFAULT_POOLER).strip().lower()
+    if value not in POOLERS:
+        raise ConfigError(f"invalid pooler {value!r}: use one of {', '.join(POOLERS)}")
+    return value
+
+
+def resolve_listen_dsn(dsn: str | None) -> str | None:
+    """The argument, else ``$JOBQUEUE_LISTEN_DSN``, else None."""
+    value = dsn or os.environ.get("JOBQUEUE_LISTEN_DSN") or None
     if value is not None:
         validate_dsn(value)
     return value

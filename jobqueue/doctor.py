@@ -34,7 +34,7 @@ from jobqueue.config import DEFAULT_WORKER_TIMEOUT, Settings, describe_dsn, migr
 from jobqueue.db import doctor as ops
 from jobqueue.db import fleet, migrate
 from jobqueue.db.admin import queue_overview
-from jobqueue.db.statement import Op
+from jobqueue.db.statement import Op, Procedure, in_transaction
 from jobqueue.db.store import Store
 from jobqueue.errors import DatabaseError
 from jobqueue.rows import QueueOverview, WorkerBeat
@@ -98,16 +98,21 @@ class Report:
 
 
 def diagnose(dsn: str, schema: str, thresholds: Thresholds | None = None,
-             connect_timeout: float = 5.0) -> Report:
+             connect_timeout: float = 5.0, pooler: str = "none",
+             listen_dsn: str | None = None) -> Report:
     """Run every check against ``schema`` in the database at ``dsn``."""
     t = thresholds or Thresholds()
     # No schema probe: an unmigrated schema is a finding here, not an error.
-    store = Store(Settings(dsn, schema, connect_timeout=connect_timeout), probe=False)
+    store = Store(Settings(dsn, schema, connect_timeout=connect_timeout, pooler=pooler,
+                           listen_dsn=listen_dsn), probe=False)
     try:
         with store.connect(autocommit=True, application_name="jobqueue-doctor") as conn:
             # The doctor must never become the long transaction or the stuck
-            # statement it looks for.
-            store.run(ops.session(), conn)
+            # statement it looks for. Behind a transaction pooler a session
+            # setting would stay with a server connection that others use next:
+            # there each check sets them for its own transaction (see _Doctor.q).
+            if not store.settings.pooled:
+                store.run(ops.session(), conn)
             doctor = _Doctor(store, conn, schema, t)
             return Report(describe_dsn(dsn), schema, doctor.run())
     finally:
@@ -134,6 +139,12 @@ def megabytes(n: float) -> str:
     return f"{n / 2**20:,.1f} MB"
 
 
+def _bounded(op: Op) -> Procedure[Any]:
+    """``op`` after the doctor's timeouts, set for its transaction only."""
+    yield ops.transaction_settings()
+    return (yield op)
+
+
 class _Doctor:
     def __init__(self, store: Store, conn: psycopg.Connection[Any], schema: str,
                  t: Thresholds) -> None:
@@ -145,6 +156,8 @@ class _Doctor:
 
     def q(self, op: Op) -> Any:
         """One statement on the doctor's connection, through the Store."""
+        if self.store.settings.pooled:
+            return self.store.run(in_transaction(_bounded(op)), self.conn)
         return self.store.run(op, self.conn)
 
     def run(self) -> list[Check]:
@@ -183,7 +196,7 @@ class _Doctor:
     # -- the schema ---------------------------------------------------------------------
 
     def migrations(self) -> Check:
-        revision = self.store.run(migrate.revision(self.schema), self.conn)
+        revision = self.store.run(in_transaction(migrate.revision(self.schema)), self.conn)
         head = migrate.head_revision()
         details = {"revision": revision, "head": head}
         hint = migrate_hint(self.schema)
@@ -346,9 +359,16 @@ class _Doctor:
         return Check("xmin_horizon", OK, summary, details=details)
 
     def listen(self) -> Check:
+        settings = self.store.settings
+        if settings.pooled and settings.listen_dsn is None:
+            return Check("listen", OK, "not checked: behind a transaction pooler without a "
+                         "listen_dsn, workers poll", details={"round_trip": None})
         channel = f"jobqueue_doctor_{uuid.uuid4().hex[:12]}"
-        with self.store.connect(autocommit=True,
-                                application_name="jobqueue-doctor-listen") as listener:
+        with self.store.errors():  # a failed connect is this check's finding
+            listener = psycopg.connect(settings.listen_dsn or self.store.dsn, autocommit=True,
+                                       connect_timeout=settings.connect_timeout_arg,
+                                       application_name="jobqueue-doctor-listen")
+        with listener:
             self.store.run(fleet.listen(channel), listener)
             sent = time.monotonic()
             self.store.run(fleet.probe_notify(channel, "doctor"), self.conn)

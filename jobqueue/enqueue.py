@@ -46,7 +46,8 @@ class ManyOptions(TypedDict, total=False):
     #: When the job becomes due (timezone-aware); or ``delay`` seconds from now.
     run_at: datetime | None
     delay: float | timedelta | None
-    #: Attempts before the job is dead (default: the task's, else the app's).
+    #: Attempts before the job is dead (default: what the worker that claims it
+    #: declares for the task, else that worker app's default).
     max_attempts: int | None
     #: Refuse a task name this app has not registered (False for by-name producers).
     strict: bool
@@ -73,7 +74,8 @@ class JobBatch:
     queues: list[str]
     args: list[str]
     priorities: list[int]
-    max_attempts: list[int]
+    #: None: left to the worker's declaration of the task (see the claim).
+    max_attempts: list[int | None]
     run_at: datetime | None
     delay: float
     correlation_id: str | None
@@ -115,7 +117,7 @@ def build(registry: Registry, schema: str,
     # The options are the same for every job, so what follows from them and the
     # task (queue, priority, max_attempts, and every check of those) is worked
     # out once per task; per job only its args are encoded.
-    per_task: dict[str, tuple[str, int, int]] = {}
+    per_task: dict[str, tuple[str, int, int | None]] = {}
     limit = registry.payload_limit
     batch = JobBatch(tasks=[], queues=[], args=[], priorities=[], max_attempts=[],
                      run_at=check_run_at(run_at), delay=delay_seconds(delay),
@@ -136,13 +138,18 @@ def build(registry: Registry, schema: str,
 
 
 def _task_options(registry: Registry, name: str, strict: bool,
-                  options: ManyOptions) -> tuple[str, int, int]:
+                  options: ManyOptions) -> tuple[str, int, int | None]:
+    # Queue and priority place the job, so they are decided here, with this
+    # app's declaration where it has one. max_attempts only matters once the job
+    # runs: unless the caller gives it, it is left to the worker that claims
+    # the job, whose declaration of the task is the one that counts (a
+    # producer enqueueing by name may not import the task at all).
     registry.resolve(name, strict)
-    queue, priority, attempts = registry.job_defaults(name)
+    queue, priority, _ = registry.job_defaults(name)
     given_priority, given_attempts = options.get("priority"), options.get("max_attempts")
     return (options.get("queue") or queue,
             check_priority(given_priority if given_priority is not None else priority),
-            check_max_attempts(given_attempts if given_attempts is not None else attempts))
+            None if given_attempts is None else check_max_attempts(given_attempts))
 
 
 _enqueue_log: Any = None

@@ -54,6 +54,10 @@ class SchemaNotMigratedError(DatabaseError):
     """The jobqueue tables are missing: ``jobqueue migrate`` has not been run."""
 
 
+class PrivilegeError(DatabaseError):
+    """The role lacks a privilege on jobqueue's tables (see ``jobqueue migrate --grant-*``)."""
+
+
 class UnsupportedConnectionError(JobQueueError, TypeError):
     """``conn=`` is not a connection kind that jobqueue can enqueue through."""
 

@@ -23,6 +23,13 @@ _SMALLINT = (-32768, 32767)
 # new JSONEncoder each time, which was half the Python cost of a bulk enqueue.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 CORRELATION_LIMIT = 255
+# How deep job args may nest. Postgres' jsonb parser takes far deeper
+# documents (10,000 levels on a default max_stack_depth), but Python's json
+# encoder and the worker's decoder recurse once per level and hit the
+# interpreter's recursion limit (1,000 frames, shared with the caller's stack)
+# before that: 500 leaves room for a deep caller and is far beyond real payloads.
+NESTING_LIMIT = 500
+Container = dict[Any, Any] | list[Any] | tuple[Any, ...]
 
 # The correlation id of the job running in this context (set by the worker for
 # each job). A job enqueued from inside a handler inherits it, so one request
@@ -46,6 +53,12 @@ def encode_args(args: Mapping[str, Any] | None, limit: int) -> str:
         text = _ENCODER.encode(obj)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"job args are not JSON-serializable: {exc}") from None
+    except RecursionError:
+        raise PayloadError(f"{_too_deep()} (too deep to encode)") from None
+    # Brackets outside strings are the nesting; their count bounds the depth,
+    # so the walk below runs only for args that have that many of them.
+    if text.count("{") + text.count("[") > NESTING_LIMIT and _depth(obj) > NESTING_LIMIT:
+        raise PayloadError(_too_deep())
     if _NUL.search(text):
         # jsonb cannot store U+0000; the INSERT would fail inside the caller's transaction.
         raise PayloadError("job args contain a NUL character (\\u0000), which jsonb cannot store")
@@ -57,6 +70,23 @@ def encode_args(args: Mapping[str, Any] | None, limit: int) -> str:
     if size > limit:
         raise PayloadError(f"job args are {size} bytes encoded, over the {limit}-byte limit")
     return text
+
+
+def _too_deep() -> str:
+    return f"job args are nested more than {NESTING_LIMIT} levels deep"
+
+
+def _depth(obj: dict[str, Any]) -> int:
+    """How deep dicts and lists nest in ``obj``, without recursion (it may be deep)."""
+    deepest = 0
+    stack: list[tuple[Container, int]] = [(obj, 1)]
+    while stack and deepest <= NESTING_LIMIT:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, level + 1) for child in children
+                     if isinstance(child, (dict, list, tuple)))
+    return deepest
 
 
 def delay_seconds(delay: float | timedelta | None) -> float:

@@ -42,6 +42,15 @@ def task_name(ref: TaskRef) -> str:
     raise TypeError(f"not a task: {ref!r}")
 
 
+@dataclass(frozen=True)
+class Attempts:
+    """A worker's max_attempts for the jobs enqueued without one: per task where
+    its declaration differs from the app's default, else that default."""
+
+    by_task: dict[str, int] = field(default_factory=dict)
+    default: int = DEFAULT_MAX_ATTEMPTS
+
+
 @dataclass
 class Registry:
     """Tasks and schedules by name, with the app-wide defaults for jobs."""
@@ -99,6 +108,11 @@ class Registry:
         if task is None and strict:
             self.get(name)  # raises UnknownTaskError with the message
         return name, task
+
+    def attempts(self) -> Attempts:
+        d = self.default_max_attempts
+        return Attempts({n: t.max_attempts for n, t in self.tasks.items() if t.max_attempts != d},
+                        d)
 
     def job_defaults(self, ref: TaskRef) -> tuple[str, int, int]:
         """Queue, priority and max_attempts of a job of ``ref`` that sets none of them."""

@@ -169,7 +169,8 @@ class DeadJob:
     priority: int
     run_at: datetime
     attempts: int
-    max_attempts: int
+    #: None: cancelled before a worker claimed it, with no max_attempts given.
+    max_attempts: int | None
     unique_key: str | None
     cron_name: str | None
     replay_of: int | None

@@ -62,6 +62,15 @@ def pg_version(pg_dsn: str) -> int:
         return conn.info.server_version // 10000
 
 
+@pytest.fixture(scope="session")
+def bouncer_dsn(pg_dsn: str) -> Iterator[str]:
+    """The test database through a real PgBouncer in transaction mode."""
+    from tests import pgbouncer
+
+    with pgbouncer.running(pg_dsn) as dsn:
+        yield dsn
+
+
 @pytest.fixture
 def schema(pg_dsn: str) -> Iterator[str]:
     """A unique, empty schema name; dropped with everything in it afterwards."""

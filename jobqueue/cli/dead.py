@@ -76,7 +76,8 @@ def show_cmd(job_id: Annotated[int, typer.Argument(help="Dead job id.")],
         emit_json(job.as_dict())
         return
     typer.echo(f"dead job {job.id}: {job.task} on queue {job.queue!r}")
-    typer.echo(f"  reason:     {job.reason} after {job.attempts}/{job.max_attempts} attempts")
+    limit = "" if job.max_attempts is None else f"/{job.max_attempts}"
+    typer.echo(f"  reason:     {job.reason} after {job.attempts}{limit} attempts")
     typer.echo(f"  created:    {job.created_at.isoformat()}")
     typer.echo(f"  died:       {job.died_at.isoformat()}")
     if job.replay_of:

@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
             max_dead_tuple_ratio=max_dead_tuple_ratio, min_dead_tuples=min_dead_tuples,
             max_bloat_ratio=max_bloat_ratio, min_bloat_mb=min_bloat_mb,
             listen_timeout=listen_timeout)
-        report = diagnose(jq.dsn, jq.schema, thresholds, jq.settings.connect_timeout)
+        report = diagnose(jq.dsn, jq.schema, thresholds, jq.settings.connect_timeout,
+                          jq.settings.pooler, jq.settings.listen_dsn)
         if as_json:
             emit_json(report.as_dict())
         else:

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from jobqueue.app import JobQueue
-from jobqueue.config import resolve_dsn, resolve_schema
+from jobqueue.config import resolve_dsn, resolve_listen_dsn, resolve_pooler, resolve_schema
 from jobqueue.errors import ConfigError
 
 Dsn = Annotated[
@@ -25,6 +25,18 @@ Schema = Annotated[
     str | None,
     typer.Option("--schema", envvar="JOBQUEUE_SCHEMA", show_envvar=True,
                  help="Schema holding the jobqueue tables. [default: jobqueue]"),
+]
+Pooler = Annotated[
+    str | None,
+    typer.Option("--pooler", envvar="JOBQUEUE_POOLER", show_envvar=True,
+                 help="What sits between jobqueue and Postgres: none, or transaction "
+                      "(PgBouncer in transaction mode). [default: none]"),
+]
+ListenDsn = Annotated[
+    str | None,
+    typer.Option("--listen-dsn", envvar="JOBQUEUE_LISTEN_DSN", show_envvar=True,
+                 help="A direct connection (bypassing the pooler) for LISTEN; without "
+                      "it a worker behind a transaction pooler polls."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 AppPath = Annotated[
@@ -38,8 +50,10 @@ def plain_app(dsn: str | None, schema: str | None) -> JobQueue:
     return JobQueue(dsn, schema=schema)
 
 
-def load_app(path: str, dsn: str | None = None, schema: str | None = None) -> JobQueue:
-    """Import ``module:attribute``; --dsn/--schema, when given, override the app's own."""
+def load_app(path: str, dsn: str | None = None, schema: str | None = None,
+             pooler: str | None = None, listen_dsn: str | None = None) -> JobQueue:
+    """Import ``module:attribute``; --dsn/--schema/--pooler/--listen-dsn, when given,
+    override the app's own."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"--app must look like 'package.module:app', got {path!r}")
@@ -63,6 +77,10 @@ def load_app(path: str, dsn: str | None = None, schema: str | None = None) -> Jo
         app.settings = replace(app.settings, dsn=resolve_dsn(dsn))
     if schema:
         app.settings = replace(app.settings, schema=resolve_schema(schema))
+    if pooler:
+        app.settings = replace(app.settings, pooler=resolve_pooler(pooler))
+    if listen_dsn:
+        app.settings = replace(app.settings, listen_dsn=resolve_listen_dsn(listen_dsn))
     return app
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from jobqueue.cli.options import AppPath, Dsn, Schema, load_app
+from jobqueue.cli.options import AppPath, Dsn, ListenDsn, Pooler, Schema, load_app
 from jobqueue.cli.output import fail
 from jobqueue.config import (
     DEFAULT_BATCH_SIZE,
@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
         app_path: AppPath = None,
         dsn: Dsn = None,
         schema: Schema = None,
+        pooler: Pooler = None,
+        listen_dsn: ListenDsn = None,
         queues: Annotated[str | None, typer.Option(
             "--queues", "-q",
             help="Comma-separated queues, each optionally weighted: a:3,b:1 takes a first "
@@ -92,7 +94,7 @@ def register(app: typer.Typer) -> None:
         """Run a worker until SIGTERM/SIGINT (or, with --burst, until the queues are empty)."""
         if not app_path:
             raise fail("--app is required (or set JOBQUEUE_APP), e.g. --app myproject.jobs:app")
-        queue = load_app(app_path, dsn, schema)
+        queue = load_app(app_path, dsn, schema, pooler, listen_dsn)
         names, weights = parse_queues(queues) if queues else ((), None)
         config = WorkerConfig(
             queues=names or (queue.default_queue,), concurrency=concurrency, prefetch=prefetch,

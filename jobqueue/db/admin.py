@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobqueue import sql
 from jobqueue.config import DEFAULT_WORKER_TIMEOUT
 from jobqueue.db.fleet import notify
 from jobqueue.db.statement import Op, Procedure, in_transaction, row, rows, run, scalar
@@ -76,3 +77,32 @@ def queue_overview(worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> Op:
 
 def stored_schedules() -> Op:
     return rows("cron_list", None, StoredSchedule)
+
+
+# -- least privilege ------------------------------------------------------------------------
+
+#: The statements that grant each kind of role what it needs, in order.
+GRANTS = {
+    "producer": ("grant_schema_usage", "grant_producer", "grant_job_ids"),
+    "worker": ("grant_schema_usage", "grant_worker", "grant_worker_reads", "grant_job_ids"),
+}
+
+
+def grant(kind: str, role: str) -> Procedure[None]:
+    """Grant ``role`` the rights of a ``kind`` ("producer" or "worker"); one transaction."""
+    yield from in_transaction(_grant(kind, role))
+
+
+def _grant(kind: str, role: str) -> Procedure[None]:
+    for name in GRANTS[kind]:
+        yield Op(name, idents=(("role", role),))
+
+
+def grant_script(schema: str, grants: list[tuple[str, str]]) -> str:
+    """The SQL of ``grants`` ((kind, role) pairs), for ``jobqueue migrate --sql``."""
+    lines = []
+    for kind, role in grants:
+        lines.append(f"-- {kind} rights for {role}")
+        lines += [sql.compose(name, schema, role=role).as_string(None) + ";"
+                  for name in GRANTS[kind]]
+    return "\n".join(lines) + "\n"

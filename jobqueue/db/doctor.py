@@ -105,6 +105,11 @@ def session() -> Op:
     return run("doctor_session")
 
 
+def transaction_settings() -> Op:
+    """:func:`session` for one transaction (behind a transaction pooler)."""
+    return run("doctor_transaction")
+
+
 def autovacuum(schema: str) -> Op:
     """-> :class:`AutovacuumSettings`, or None when ``schema.jobs`` does not exist."""
     return row("doctor_autovacuum", {"table": jobs_table(schema)}, AutovacuumSettings)

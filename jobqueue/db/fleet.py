@@ -98,7 +98,7 @@ def maintenance_round(key: int, worker_timeout: float, session_grace: float,
     attempts goes to dead_jobs with reason 'crashed', so a job that kills its
     worker cannot crash-loop the fleet.
     """
-    if not (yield scalar("try_leadership", {"key": key})):
+    if not (yield try_leadership(key)):
         return Rescue(led=False)
     reaped: list[Any] = yield rows("reap_workers", {
         "worker_timeout": worker_timeout, "session_grace": session_grace}, _ReapedWorker)
@@ -117,6 +117,11 @@ def maintenance_round(key: int, worker_timeout: float, session_grace: float,
 @dataclass(frozen=True, slots=True)
 class _ReapedWorker:
     id: str
+
+
+def try_leadership(key: int) -> Op:
+    """Leader until the transaction ends (it must run in one)."""
+    return scalar("try_leadership", {"key": key})
 
 
 def try_session_leadership(key: int) -> Op:

@@ -29,6 +29,7 @@ from jobqueue.enqueue import JobBatch
 from jobqueue.errors import DatabaseError, DuplicateJobError
 from jobqueue.outcome import CANCELLED_QUEUED, Kind, Outcome
 from jobqueue.protocol import cancel_message
+from jobqueue.registry import Attempts
 from jobqueue.rows import ClaimedJob, HeldJob, JobId, QueueCapacity, QueueSettings, ReservedIds
 
 # How often an enqueue with a unique_key tries again when the live job that
@@ -115,7 +116,8 @@ def copy_rows(ids: list[int], batch: JobBatch, run_at: str) -> Iterator[str]:
                        for value in (batch.correlation_id, batch.lock_key))
     run_at = _copy_text(run_at)
     queues, tasks, args = batch.queues, batch.tasks, batch.args
-    priorities, attempts = batch.priorities, batch.max_attempts
+    priorities = batch.priorities
+    attempts = ["\\N" if n is None else n for n in batch.max_attempts]
     for first in range(0, len(ids), COPY_CHUNK):
         yield "".join(
             f"{ids[i]}\t{text(queues[i])}\t{text(tasks[i])}\t{_copy_text(args[i])}\t"
@@ -150,10 +152,18 @@ class ClaimRequest:
     #: Per queue, where its scan starts: (priority, run_at, id) of the index
     #: position to start past; ``HEAD`` for the head (see the claim statement).
     after: list[Position] = field(default_factory=list)
+    #: The max_attempts of jobs enqueued without one: by task, else the default.
+    attempts: Attempts = field(default_factory=Attempts)
+    #: Set the worker's settings for the claim's own transaction (no session to
+    #: keep them in behind a transaction pooler; see worker_transaction).
+    local_settings: bool = False
 
     def params(self, limits: list[int]) -> dict[str, object]:
         after = self.after or [HEAD] * len(self.queues)
-        return {"worker_id": self.worker_id, "lease": self.lease, "limit": self.limit,
+        return {"task_names": list(self.attempts.by_task),
+                "task_attempts": list(self.attempts.by_task.values()),
+                "default_attempts": self.attempts.default,
+                "worker_id": self.worker_id, "lease": self.lease, "limit": self.limit,
                 "ranked": self.ranked, "queues": self.queues, "limits": limits,
                 "after_priorities": [p for p, _, _ in after],
                 "after_run_ats": [r for _, r, _ in after], "after_ids": [i for _, _, i in after]}
@@ -170,14 +180,20 @@ def queue_settings(queues: Sequence[str] | None) -> Op:
 
 def claim(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
     claimed: list[ClaimedJob]
-    if not req.limited:
+    if not req.limited and not req.local_settings:
         claimed = yield rows(req.statement, req.params([req.limit] * len(req.queues)), ClaimedJob)
     else:
-        claimed = yield Transaction(_limited_claim(req))
+        claimed = yield Transaction(_claim_in_transaction(req))
     return claimed
 
 
-def _limited_claim(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
+def _claim_in_transaction(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
+    if req.local_settings:
+        yield run("worker_transaction")
+    if not req.limited:
+        claimed: list[ClaimedJob] = yield rows(
+            req.statement, req.params([req.limit] * len(req.queues)), ClaimedJob)
+        return claimed
     # Sorted keys, so two workers serving overlapping queues lock in the same
     # order and cannot deadlock. The count runs in a statement after the lock
     # is granted, so its snapshot includes every claim of the previous holder.

@@ -40,7 +40,7 @@ from jobqueue.db.statement import (
     scalar,
     single,
 )
-from jobqueue.errors import DatabaseError, SchemaNotMigratedError
+from jobqueue.errors import DatabaseError, PrivilegeError, SchemaNotMigratedError
 from jobqueue.log import get_logger
 
 T = TypeVar("T")
@@ -51,8 +51,14 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+GRANT_HINT = ("`jobqueue migrate --grant-producer ROLE` (enqueue) or `--grant-worker ROLE` "
+              "grants what jobqueue needs")
+
+
 def database_error(exc: psycopg.Error) -> DatabaseError:
     """The jobqueue error for a psycopg one: one line, the real reason."""
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return PrivilegeError(f"database error: {first_line(exc)}: {GRANT_HINT}")
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseError(f"database unavailable: {first_line(exc)}")
     return DatabaseError(f"database error: {first_line(exc)}")
@@ -82,12 +88,24 @@ class PoolOptions:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def connect_kwargs(self, settings: Settings) -> dict[str, Any]:
-        out: dict[str, Any] = {"connect_timeout": settings.connect_timeout_arg, **self.kwargs}
+        out: dict[str, Any] = {**session_kwargs(settings), **self.kwargs}
         if self.autocommit:
             out["autocommit"] = True
         if self.application_name is not None:
             out["fallback_application_name"] = self.application_name
         return out
+
+
+def session_kwargs(settings: Settings) -> dict[str, Any]:
+    """What every connection jobqueue opens itself is given."""
+    out: dict[str, Any] = {"connect_timeout": settings.connect_timeout_arg}
+    if settings.pooled:
+        # A prepared statement lives in one server session; behind a
+        # transaction pooler the next execution may land on another, which
+        # has never seen it ("prepared statement _pg3_0 does not exist") or
+        # has another client's of that name ("already exists").
+        out["prepare_threshold"] = None
+    return out
 
 
 def check_idle(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
@@ -123,8 +141,10 @@ def _readable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> b
 def probe_schema(schema: str) -> Procedure[None]:
     table = psycopg.sql.Identifier(schema, "jobs").as_string(None)
     # to_regclass never raises, so probing cannot poison a caller's transaction.
-    migrated = yield scalar("schema_probe", {"table": table})
-    if not migrated:
+    state = yield scalar("schema_probe", {"table": table, "schema": schema})
+    if state == "no_usage":
+        raise PrivilegeError(f"permission denied for schema {schema!r}: {GRANT_HINT}")
+    if state != "ok":
         raise SchemaNotMigratedError(f"schema {schema!r} is not migrated: run "
                                      f"{migrate_hint(schema)}")
 
@@ -160,31 +180,37 @@ def _owns_transaction(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[An
             and conn.info.transaction_status == pq.TransactionStatus.IDLE)
 
 
-def run_sync(conn: psycopg.Connection[Any], schema: str, procedure: Procedure[T]) -> T:
-    """Run ``procedure`` on ``conn``: each yielded step is executed, its result sent back."""
+def run_sync(conn: psycopg.Connection[Any], schema: str, procedure: Procedure[T],
+             prepare: bool | None = None) -> T:
+    """Run ``procedure`` on ``conn``: each yielded step is executed, its result sent back.
+
+    ``prepare=False`` never prepares a statement, whatever the connection's
+    ``prepare_threshold`` (a caller's connection behind a transaction pooler).
+    """
     done, value = _advance(procedure, None)
     while not done:
-        done, value = _advance(procedure, _step_sync(conn, schema, value))
+        done, value = _advance(procedure, _step_sync(conn, schema, value, prepare))
     return value  # type: ignore[no-any-return]
 
 
-def _step_sync(conn: psycopg.Connection[Any], schema: str, step: Step) -> Any:
+def _step_sync(conn: psycopg.Connection[Any], schema: str, step: Step,
+               prepare: bool | None = None) -> Any:
     if isinstance(step, Op):
         with conn.cursor(row_factory=step.row_factory()) as cur:
-            cur.execute(_query(step, schema), step.params)
+            cur.execute(_query(step, schema), step.params, prepare=prepare)
             return step.result(cur.fetchall() if cur.description else [], cur.rowcount)
     if isinstance(step, Pipeline):
         with conn.pipeline():
             cursors = [conn.cursor(row_factory=op.row_factory()) for op in step.ops]
             for op, cur in zip(step.ops, cursors, strict=True):
-                cur.execute(_query(op, schema), op.params)
+                cur.execute(_query(op, schema), op.params, prepare=prepare)
         return [op.result(cur.fetchall() if cur.description else [], cur.rowcount)
                 for op, cur in zip(step.ops, cursors, strict=True)]
     if isinstance(step, Transaction):
         if _owns_transaction(conn):
-            return run_sync(conn, schema, step.procedure)  # the caller's transaction
+            return run_sync(conn, schema, step.procedure, prepare)  # the caller's transaction
         with conn.transaction():
-            return run_sync(conn, schema, step.procedure)
+            return run_sync(conn, schema, step.procedure, prepare)
     if isinstance(step, InPipeline):
         return conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
     with conn.cursor() as cur, cur.copy(sql.query(step.name, schema)) as copy:
@@ -194,31 +220,32 @@ def _step_sync(conn: psycopg.Connection[Any], schema: str, step: Step) -> Any:
 
 
 async def run_async(conn: psycopg.AsyncConnection[Any], schema: str,
-                    procedure: Procedure[T]) -> T:
+                    procedure: Procedure[T], prepare: bool | None = None) -> T:
     """:func:`run_sync` on an async connection."""
     done, value = _advance(procedure, None)
     while not done:
-        done, value = _advance(procedure, await _step_async(conn, schema, value))
+        done, value = _advance(procedure, await _step_async(conn, schema, value, prepare))
     return value  # type: ignore[no-any-return]
 
 
-async def _step_async(conn: psycopg.AsyncConnection[Any], schema: str, step: Step) -> Any:
+async def _step_async(conn: psycopg.AsyncConnection[Any], schema: str, step: Step,
+                      prepare: bool | None = None) -> Any:
     if isinstance(step, Op):
         async with conn.cursor(row_factory=step.row_factory()) as cur:
-            await cur.execute(_query(step, schema), step.params)
+            await cur.execute(_query(step, schema), step.params, prepare=prepare)
             return step.result(await cur.fetchall() if cur.description else [], cur.rowcount)
     if isinstance(step, Pipeline):
         async with conn.pipeline():
             cursors = [conn.cursor(row_factory=op.row_factory()) for op in step.ops]
             for op, cur in zip(step.ops, cursors, strict=True):
-                await cur.execute(_query(op, schema), op.params)
+                await cur.execute(_query(op, schema), op.params, prepare=prepare)
         return [op.result(await cur.fetchall() if cur.description else [], cur.rowcount)
                 for op, cur in zip(step.ops, cursors, strict=True)]
     if isinstance(step, Transaction):
         if _owns_transaction(conn):
-            return await run_async(conn, schema, step.procedure)  # the caller's transaction
+            return await run_async(conn, schema, step.procedure, prepare)  # caller's transaction
         async with conn.transaction():
-            return await run_async(conn, schema, step.procedure)
+            return await run_async(conn, schema, step.procedure, prepare)
     if isinstance(step, InPipeline):
         return conn.pgconn.pipeline_status != pq.PipelineStatus.OFF
     async with conn.cursor() as cur, cur.copy(sql.query(step.name, schema)) as copy:
@@ -237,6 +264,9 @@ class _Base:
         self.options = options or PoolOptions()
         # Check the schema once, on first use (False: the caller checks it otherwise).
         self._schema_ok = not probe
+        # Behind a transaction pooler nothing is prepared, not even on a caller's
+        # connection that would (see session_kwargs); None: psycopg decides.
+        self._prepare = False if settings.pooled else None
         self._lock = threading.Lock()
 
     @property
@@ -313,14 +343,13 @@ class Store(_Base):
 
     def _on(self, conn: psycopg.Connection[Any], work: Op | Procedure[T]) -> Any:
         if isinstance(work, Op) and self._schema_ok:
-            return _step_sync(conn, self.schema, work)  # no procedure to drive
-        return run_sync(conn, self.schema, self._probed(as_procedure(work)))
+            return _step_sync(conn, self.schema, work, self._prepare)  # no procedure to drive
+        return run_sync(conn, self.schema, self._probed(as_procedure(work)), self._prepare)
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new, unpooled connection (the caller closes it)."""
         with self.errors():
-            return psycopg.connect(self.dsn, connect_timeout=self.settings.connect_timeout_arg,
-                                   **kwargs)
+            return psycopg.connect(self.dsn, **{**session_kwargs(self.settings), **kwargs})
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -345,7 +374,10 @@ class AsyncStore(_Base):
             self._pool = None
         if self._pool is None:
             o = self.options
-            configure = _configure(self.schema, o.settings) if o.settings else None
+            # Session settings need a session: none behind a transaction pooler
+            # (worker_pool sets them per transaction there instead).
+            configure = (_configure(self.schema, o.settings)
+                         if o.settings and not self.settings.pooled else None)
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
                 self.dsn, min_size=o.min_size, max_size=o.max_size, open=False,
                 timeout=self.settings.connect_timeout, kwargs=o.connect_kwargs(self.settings),
@@ -374,14 +406,15 @@ class AsyncStore(_Base):
 
     async def _on(self, conn: psycopg.AsyncConnection[Any], work: Op | Procedure[T]) -> Any:
         if isinstance(work, Op) and self._schema_ok:
-            return await _step_async(conn, self.schema, work)  # no procedure to drive
-        return await run_async(conn, self.schema, self._probed(as_procedure(work)))
+            return await _step_async(conn, self.schema, work, self._prepare)  # no procedure
+        return await run_async(conn, self.schema, self._probed(as_procedure(work)),
+                               self._prepare)
 
     async def connect(self, dsn: str | None = None, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
         """A new, unpooled connection, to ``dsn`` if given (the caller closes it)."""
         with self.errors():
             return await psycopg.AsyncConnection.connect(
-                dsn or self.dsn, connect_timeout=self.settings.connect_timeout_arg, **kwargs)
+                dsn or self.dsn, **{**session_kwargs(self.settings), **kwargs})
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None

@@ -2,9 +2,16 @@
 -- {schema} is the quoted schema identifier; parameters use psycopg's %(name)s.
 
 -- name: schema_probe
--- Returns NULL where the schema has not been migrated: to_regclass never
--- raises, so probing cannot poison a caller's transaction.
-SELECT to_regclass(%(table)s) IS NOT NULL AS migrated;
+-- 'ok', 'missing' (not migrated) or 'no_usage' (the role may not use the
+-- schema), without raising, so that probing cannot poison a caller's
+-- transaction: to_regclass raises "permission denied for schema" without
+-- USAGE, so it is only asked once the privilege is known (CASE evaluates in order).
+SELECT CASE WHEN n.oid IS NULL THEN 'missing'
+            WHEN NOT has_schema_privilege(n.oid, 'USAGE') THEN 'no_usage'
+            WHEN to_regclass(%(table)s) IS NULL THEN 'missing'
+            ELSE 'ok' END AS state
+FROM (SELECT) AS one
+LEFT JOIN pg_namespace AS n ON n.nspname = %(schema)s;
 
 -- name: version_table_probe
 -- Whether jobqueue's Alembic version table exists in the schema (to_regclass
@@ -178,6 +185,15 @@ RETURNING id, cancel_requested;
 SELECT set_config('synchronous_commit', 'off', false),
        set_config('plan_cache_mode', 'force_custom_plan', false),
        set_config('jit', 'off', false);
+
+-- name: worker_transaction
+-- worker_session for one transaction: behind a transaction pooler the worker
+-- has no session of its own to keep settings in (a session-level SET would
+-- land on a server connection other clients use next). Only the claim needs
+-- them (see worker_pool for why jit is off); without prepared statements
+-- there, every plan is a custom plan already.
+SELECT set_config('synchronous_commit', 'off', true),
+       set_config('jit', 'off', true);
 
 -- name: listen
 LISTEN {channel};
@@ -470,6 +486,11 @@ SELECT pg_try_advisory_lock(%(key)s);
 SELECT set_config('statement_timeout', '30s', false),
        set_config('lock_timeout', '5s', false);
 
+-- name: doctor_transaction
+-- doctor_session for one transaction: behind a transaction pooler.
+SELECT set_config('statement_timeout', '30s', true),
+       set_config('lock_timeout', '5s', true);
+
 -- name: doctor_autovacuum
 SELECT c.reloptions, current_setting('autovacuum') AS autovacuum,
        current_setting('track_counts') AS track_counts
@@ -718,7 +739,17 @@ UPDATE {schema}.jobs AS j
 SET state = 'running',
     attempts = j.attempts + 1,
     locked_by = %(worker_id)s,
-    locked_until = now() + make_interval(secs => %(lease)s::float8)
+    locked_until = now() + make_interval(secs => %(lease)s::float8),
+    -- An enqueue that left max_attempts unset left it to the worker: the
+    -- task's declaration here, else this worker app's default. Written into the
+    -- row now, so the retries, the leader's rescue of a crashed attempt and the
+    -- dead job all count against the number this attempt ran under.
+    max_attempts = coalesce(j.max_attempts,
+                            (SELECT t.attempts
+                             FROM unnest(%(task_names)s::text[], %(task_attempts)s::integer[])
+                                  AS t(name, attempts)
+                             WHERE t.name = j.task),
+                            %(default_attempts)s::integer)
 -- "= ANY(ARRAY(subquery))" rather than a join with picked: it keeps the
 -- update on jobs_pkey even in a generic (prepared) plan, where a join may
 -- become a hash join over a scan of jobs.
@@ -804,3 +835,31 @@ WHERE l.job_id = ANY(%(ids)s::bigint[])
 DELETE FROM {schema}.job_locks AS l
 WHERE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
                   WHERE j.id = l.job_id AND j.state = 'running');
+
+-- name: grant_schema_usage
+-- Least privilege (jobqueue migrate --grant-producer/--grant-worker ROLE):
+-- neither role may create, alter, drop or truncate anything; the schema's
+-- owner (the role that migrates) keeps those.
+GRANT USAGE ON SCHEMA {schema} TO {role};
+
+-- name: grant_producer
+-- Enqueue: insert jobs, and read back what the insert statements return and
+-- what unique_key needs (its conflict target and lookup). No other column of
+-- jobs (not the args), and nothing of dead_jobs, workers or cron.
+GRANT INSERT, SELECT (id, queue, run_at, unique_key) ON {schema}.jobs TO {role};
+
+-- name: grant_job_ids
+-- enqueue_many by COPY draws its ids from the jobs' identity sequence.
+GRANT USAGE ON SEQUENCE {schema}.jobs_id_seq TO {role};
+
+-- name: grant_worker
+-- Claiming, acking, retries, dead-lettering, heartbeats, lock keys, rate
+-- windows, outcome counters and the leader's duties (rescue, reaping, cron).
+GRANT SELECT, INSERT, UPDATE, DELETE
+    ON {schema}.jobs, {schema}.dead_jobs, {schema}.workers, {schema}.cron,
+       {schema}.job_locks, {schema}.queue_windows, {schema}.job_counts
+    TO {role};
+
+-- name: grant_worker_reads
+-- Pause and limits are the operator's to set; the schema revision is checked at start.
+GRANT SELECT ON {schema}.queues, {schema}.jobqueue_alembic_version TO {role};

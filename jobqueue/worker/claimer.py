@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from jobqueue.db import jobs
 from jobqueue.db.store import AsyncStore
 from jobqueue.protocol import advisory_key
+from jobqueue.registry import Attempts
 from jobqueue.rows import OPEN_QUEUE, ClaimedJob, QueueSettings
 
 SETTINGS_TTL = 1.0  # seconds: how stale a pause or a limit may be without a NOTIFY
@@ -46,6 +47,10 @@ class Claimer:
     lease: float
     weights: dict[str, float] | None = None
     fair_every: int = 10
+    #: What a job enqueued without max_attempts gets (this worker's declarations).
+    attempts: Attempts = field(default_factory=Attempts)
+    #: Behind a transaction pooler: each claim sets the worker settings for itself.
+    local_settings: bool = False
     rng: random.Random = field(default_factory=random.Random)
     settings: dict[str, QueueSettings] = field(default_factory=dict)
     # Per queue, the index position past the last job claimed from it by
@@ -102,7 +107,8 @@ class Claimer:
             lock_keys=sorted(queue_lock_key(self.schema, q) for q in limited),
             rated=[q for q in limited if self.settings[q].rate_limit is not None],
             after=[jobs.HEAD if from_head else self.positions.get(q, jobs.HEAD)
-                   for q in queues])
+                   for q in queues],
+            attempts=self.attempts, local_settings=self.local_settings)
 
     def advance(self, request: jobs.ClaimRequest, claimed: list[ClaimedJob]) -> None:
         """Move each queue's start past what this claim took. A short claim may have

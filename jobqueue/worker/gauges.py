@@ -10,6 +10,13 @@ The lock is session-scoped on a connection this service keeps for it alone:
 the leader stays leader while its session lives, and when it ends (the worker
 stops, crashes or loses the connection) Postgres releases the lock and the
 next worker to try, within one interval, takes over.
+
+Behind a transaction pooler there is no session to hold a lock in (it would
+stay on a server connection that other clients use next). There each round
+is a transaction that takes the lock for itself only: no two workers read the
+gauges at once, but every worker with metrics reads them in its own rounds,
+so the query's cost grows with the fleet, and each exports the numbers (take
+``max`` across workers rather than ``sum``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any
 import psycopg
 
 from jobqueue.db import admin, fleet
+from jobqueue.db.statement import Procedure, in_transaction
 from jobqueue.db.store import AsyncStore
 from jobqueue.errors import DatabaseError
 from jobqueue.metrics import Snapshot, WorkerMetrics
@@ -30,6 +38,16 @@ from jobqueue.worker.service import Backoff, Service
 
 def gauge_leader_key(schema: str) -> int:
     return advisory_key(schema, "gauges")
+
+
+def _round(key: int, worker_timeout: float) -> Procedure[Snapshot | None]:
+    """A round under a transaction-scoped lock (run in a transaction); None: another
+    worker is reading the gauges right now."""
+    if not (yield fleet.try_leadership(key)):
+        return None
+    queues = yield admin.queue_overview(worker_timeout)
+    workers = yield fleet.worker_heartbeats()
+    return Snapshot(queues=queues, workers=workers)
 
 
 class GaugeRefresher(Service):
@@ -66,6 +84,14 @@ class GaugeRefresher(Service):
 
     async def refresh(self) -> bool:
         """One round: become (or stay) the leader, and if so read the gauges."""
+        if self.store.settings.pooled:
+            snapshot = await self.store.run(in_transaction(_round(self.key, self.worker_timeout)))
+            if snapshot is None:
+                return False
+            self.metrics.leader = True
+            self.metrics.set_snapshot(snapshot)
+            self.refreshes += 1
+            return True
         if self._conn is None or self._conn.closed:
             # The lock is session-scoped: this connection is kept for it alone.
             self._conn = await self.store.connect(

@@ -138,9 +138,11 @@ def worker_pool(settings: Settings, concurrency: int) -> PoolOptions:
     # jit_above_cost at a few hundred thousand ready jobs. Measured at 300k:
     # 1.1 ms per claim without JIT, 45-130 ms with it (almost all of it
     # compiling), which was the whole of the large-backlog collapse.
+    # Behind a transaction pooler there is no session to set them in: the
+    # claim sets them for its own transaction instead (worker_transaction).
     return PoolOptions(name=f"jobqueue-worker-{os.getpid()}", min_size=2, max_size=4,
                        autocommit=True, application_name=application_name(),
-                       settings=("worker_session",))
+                       settings=() if settings.pooled else ("worker_session",))
 
 
 class Worker:
@@ -206,10 +208,12 @@ class Worker:
         self.services = {s.name: s for s in services}
         for service in services:
             service.on_crash = self._service_crashed
-        listener = self.services["listener"]
-        assert isinstance(listener, Listener)
+        listener = self.services.get("listener")
+        if self.poll_only is not None:
+            self.log.info("worker.poll_only", poll_interval=cfg.poll_interval / 4,
+                          reason=self.poll_only)
         for service in services:
-            if isinstance(service, Fetcher):
+            if isinstance(service, Fetcher) and isinstance(listener, Listener):
                 with contextlib.suppress(asyncio.TimeoutError):
                     # Not fatal: without LISTEN the fetcher still polls.
                     await asyncio.wait_for(listener.connected.wait(),
@@ -220,7 +224,9 @@ class Worker:
         self.ready = True
         self.notifier.notify("READY=1", f"STATUS=listening on {', '.join(cfg.queues)}")
         self.services["systemd"].start()
-        self.log.info("worker.started", listening=listener.healthy, systemd=self.notifier.enabled,
+        listening = isinstance(listener, Listener) and listener.healthy
+        self.log.info("worker.started", listening=listening, pooler=self.settings.pooler,
+                      systemd=self.notifier.enabled,
                       metrics_port=self.metrics_port)
         try:
             fetcher = self.services["fetcher"]
@@ -248,7 +254,9 @@ class Worker:
         self.executor = executor = Executor(self.registry.tasks, state, completer,
                                             Lifecycle(self.log, self.metrics), self.log)
         claimer = Claimer(store.schema, self.id, cfg.queues, cfg.lease,
-                          weights=cfg.queue_weights, fair_every=cfg.fair_every)
+                          weights=cfg.queue_weights, fair_every=cfg.fair_every,
+                          attempts=self.registry.attempts(),
+                          local_settings=self.settings.pooled)
         fetcher = Fetcher(store, state, claimer, executor, self.log, batch_size=cfg.batch_size,
                           poll_interval=cfg.poll_interval, burst=cfg.burst)
 
@@ -261,8 +269,12 @@ class Worker:
             if job_id is not None and executor.cancel(job_id):
                 self.log.info("job.cancelling", job_id=job_id)
 
-        listener = Listener(store, state, cfg.queues, on_control, self.log,
-                            probe_interval=cfg.probe_interval, probe_timeout=cfg.probe_timeout)
+        listener: Listener | None = None
+        if self.poll_only is None:
+            listener = Listener(store, state, cfg.queues, on_control, self.log,
+                                listen_dsn=self.settings.listen_dsn,
+                                probe_interval=cfg.probe_interval,
+                                probe_timeout=cfg.probe_timeout)
         services: list[Service] = []
         if self.metrics is not None:
             self.metrics.in_flight = lambda: len(state.inflight)
@@ -271,8 +283,9 @@ class Worker:
             services.append(GaugeRefresher(store, self.metrics, self.log,
                                            interval=cfg.metrics_interval,
                                            worker_timeout=cfg.worker_timeout))
+        if listener is not None:
+            services.append(listener)
         services += [
-            listener,
             Heartbeat(store, state, registration, self.log, interval=cfg.heartbeat_interval,
                       lease=cfg.lease, on_cancel_requested=executor.cancel,
                       on_recheck=executor.recheck),
@@ -289,8 +302,24 @@ class Worker:
         services += [fetcher, SystemdService(self.notifier, lambda: (
             f"{len(state.inflight)} in flight, {state.started} started, "
             f"{state.counts['succeeded']} succeeded, {state.counts['retried']} retried, "
-            f"{state.counts['dead']} dead; LISTEN {'ok' if listener.healthy else 'down'}"))]
+            f"{state.counts['dead']} dead; {self._listen_status()}"))]
         return services
+
+    @property
+    def poll_only(self) -> str | None:
+        """Why this worker does not LISTEN (None: it does)."""
+        if self.settings.pooled and self.settings.listen_dsn is None:
+            return ("behind a transaction pooler LISTEN would hold a server connection "
+                    "other clients share, and notifications could go to any of them; "
+                    "give a direct connection as listen_dsn (--listen-dsn, "
+                    "$JOBQUEUE_LISTEN_DSN) to be woken at once")
+        return None
+
+    def _listen_status(self) -> str:
+        listener = self.services.get("listener")
+        if not isinstance(listener, Listener):
+            return "polling (no LISTEN)"
+        return f"LISTEN {'ok' if listener.healthy else 'down'}"
 
     def _serve_metrics(self) -> None:
         cfg = self.config

@@ -28,12 +28,13 @@ def test_enqueue_creates_the_row_with_every_option(cli: Cli, admin: psycopg.Conn
                                                    schema: str) -> None:
     cli.ok("migrate")
     out = cli.ok("enqueue", "send_invoice", "--args", '{"order": 17, "to": "ada@example.com"}',
-                 "--queue", "billing", "--delay", "60", "--priority", "-3", "--json")
+                 "--queue", "billing", "--delay", "60", "--priority", "-3", "--max-attempts", "4",
+                 "--json")
     reply = json.loads(out)
     assert reply["task"] == "send_invoice"
     assert job_row(admin, schema, reply["id"]) == {
         "queue": "billing", "task": "send_invoice", "args": {"order": 17, "to": "ada@example.com"},
-        "priority": -3, "state": "queued", "attempts": 0, "max_attempts": 5, "locked_by": None,
+        "priority": -3, "state": "queued", "attempts": 0, "max_attempts": 4, "locked_by": None,
         # run_at and created_at come from the same statement's now(): exact.
         "delay": timedelta(seconds=60),
     }
@@ -41,9 +42,10 @@ def test_enqueue_creates_the_row_with_every_option(cli: Cli, admin: psycopg.Conn
     plain = cli.ok("enqueue", "ping")
     assert plain.startswith("enqueued job ") and "(ping)" in plain
     ping_id = int(plain.split()[2])
+    # No --max-attempts: the worker that claims it applies its declaration of the task.
     assert job_row(admin, schema, ping_id) == {
         "queue": "default", "task": "ping", "args": {}, "priority": 0, "state": "queued",
-        "attempts": 0, "max_attempts": 5, "locked_by": None, "delay": timedelta(0),
+        "attempts": 0, "max_attempts": None, "locked_by": None, "delay": timedelta(0),
     }
     assert count(admin, schema, "jobs") == 2
 

@@ -43,6 +43,10 @@ GATE_LIMIT = 120.0
 
 app = JobQueue()  # DSN and schema from the environment (or the CLI's overrides)
 
+# The handlers' own connections. Never prepared: the app also runs behind
+# PgBouncer in transaction mode (tests/acceptance/test_pgbouncer.py).
+CONNECT: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+
 _lock = threading.Lock()
 _sync_pool: ConnectionPool[Any] | None = None
 _async_pool: AsyncConnectionPool[Any] | None = None
@@ -65,7 +69,7 @@ def record_sync(ctx: JobContext, phase: str) -> None:
     with _lock:
         if _sync_pool is None:
             _sync_pool = ConnectionPool(app.dsn, min_size=1, max_size=4,
-                                        kwargs={"autocommit": True}, name="recorder-sync")
+                                        kwargs=CONNECT, name="recorder-sync")
     with _sync_pool.connection() as conn:
         conn.execute(_insert(), _row(ctx, phase))
 
@@ -75,7 +79,7 @@ async def record_async(ctx: JobContext, phase: str) -> None:
     async with _async_lock:  # twenty jobs starting at once must share one pool
         if _async_pool is None:
             pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                app.dsn, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False,
+                app.dsn, min_size=1, max_size=4, kwargs=CONNECT, open=False,
                 name="recorder-async")
             await pool.open()
             _async_pool = pool
@@ -115,7 +119,7 @@ def slow_sync(ctx: JobContext, seconds: float, gate: str | None = None) -> None:
 
 def record_fresh(ctx: JobContext, phase: str) -> None:
     """Record on a connection of our own: safe in a forked child, unlike a pool."""
-    with psycopg.connect(app.dsn, autocommit=True) as conn:
+    with psycopg.connect(app.dsn, **CONNECT) as conn:
         conn.execute(_insert(), _row(ctx, phase))
 
 

@@ -293,16 +293,16 @@ def test_generic_claim_plan_reads_the_index(
     schema = realistic_jobs
     text = sql.query(statement, schema).as_string(conn)
     names = ("worker_id", "lease", "queues", "limit", "limits", "ranked", "after_priorities",
-             "after_run_ats", "after_ids")
+             "after_run_ats", "after_ids", "task_names", "task_attempts", "default_attempts")
     for n, name in enumerate(names, start=1):
         text = text.replace(f"%({name})s", f"${n}")
     conn.execute("SET plan_cache_mode = force_generic_plan")
     conn.execute("PREPARE jq_claim(text, float8, text[], bigint, integer[], boolean, "
-                 "smallint[], timestamptz[], bigint[]) AS " + text)
+                 "smallint[], timestamptz[], bigint[], text[], integer[], integer) AS " + text)
     # (EXPLAIN EXECUTE cannot take bound parameters: the values go in as literals.)
     row = conn.execute(pgsql.SQL(
         "EXPLAIN (FORMAT JSON) EXECUTE jq_claim('w', 30, {}::text[], 10, {}::integer[], false, "
-        "{}::smallint[], {}::timestamptz[], {}::bigint[])")
+        "{}::smallint[], {}::timestamptz[], {}::bigint[], '{{}}', '{{}}', 5)")
         .format(pgsql.Literal(queues), pgsql.Literal([10] * len(queues)),
                 pgsql.Literal([0] * len(queues)), pgsql.Literal(["-infinity"] * len(queues)),
                 pgsql.Literal([0] * len(queues)))).fetchone()

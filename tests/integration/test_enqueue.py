@@ -30,7 +30,7 @@ from jobqueue import JobQueue, PayloadError, SchemaNotMigratedError, UnknownTask
 from jobqueue import sql as queries
 from jobqueue.db import migrate
 from jobqueue.db.jobs import ClaimRequest
-from jobqueue.payload import encode_args
+from jobqueue.payload import NESTING_LIMIT, encode_args
 from tests.helpers import count, wait_until, worker_thread
 
 Conn = psycopg.Connection[Any]
@@ -299,7 +299,8 @@ def test_enqueue_many_applies_options_to_every_job(
         assert (queue, priority, max_attempts) == ("bulk", 7, 3)
         assert offset == pytest.approx(30, abs=1e-6)
     (job_id,) = scheduled
-    assert rows[job_id][:4] == ("default", 0, 5, at)
+    # Not given: left to the worker that claims it (tests/integration/test_task_policy.py).
+    assert rows[job_id][:4] == ("default", 0, None, at)
 
 
 # -- what is stored --------------------------------------------------------------------------
@@ -333,10 +334,12 @@ def test_delay_run_at_priority_and_queue_are_stored(
 
     for row in got.values():
         assert row[3:5] == ("queued", 0)  # state, attempts
-    assert got["defaults"][:3] == ("default", 0, 5)
-    assert got["task defaults"][:3] == ("mail", 4, 2)
+    assert got["defaults"][:3] == ("default", 0, None)  # max_attempts: the worker's
+    # The task's queue and priority place the job here; its max_attempts (2) is
+    # applied by the worker that claims it, from the worker's own declaration.
+    assert got["task defaults"][:3] == ("mail", 4, None)
     assert got["overrides"][:3] == ("urgent", -3, 9)
-    assert got["priority 0 overrides the task's"][:3] == ("mail", 0, 2)
+    assert got["priority 0 overrides the task's"][:3] == ("mail", 0, None)
 
     # Without a delay the job is due at once: run_at is the enqueueing
     # transaction's now(), the same instant as created_at.
@@ -395,6 +398,15 @@ def test_worker_runs_a_delayed_job_only_once_it_is_due(
 
 # -- refused before any SQL: the caller's transaction stays usable -----------------------------
 
+def nested(levels: int) -> dict[str, Any]:
+    """A payload whose dicts and lists nest ``levels`` deep (the top dict is one)."""
+    inner: Any = {}
+    for level in range(levels - 1):
+        inner = {"d": inner} if level % 2 else [inner]
+    # The top level must be a dict: a list there becomes one, at the same depth.
+    return inner if isinstance(inner, dict) else {"d": inner[0]}
+
+
 REFUSED: dict[str, tuple[Any, dict[str, Any]]] = {
     "set": ({"tags": {"a", "b"}}, {}),
     "datetime": ({"at": datetime(2024, 1, 1, tzinfo=UTC)}, {}),
@@ -408,6 +420,8 @@ REFUSED: dict[str, tuple[Any, dict[str, Any]]] = {
     "NUL in a key": ({"k\x00": 1}, {}),
     "nested NUL": ({"d": [{"s": "\x00"}]}, {}),
     "lone surrogate": ({"s": "\ud800"}, {}),
+    "nested 5,000 levels": (nested(5_000), {}),
+    "nested 501 levels": (nested(501), {}),
     "64 KiB + 1 byte": ({"s": "x" * (64 * 1024 - 7)}, {}),
     "negative delay": ({}, {"delay": -1}),
     "NaN delay": ({}, {"delay": math.nan}),
@@ -416,6 +430,13 @@ REFUSED: dict[str, tuple[Any, dict[str, Any]]] = {
     "priority beyond smallint": ({}, {"priority": 40_000}),
     "negative max_attempts": ({}, {"max_attempts": -1}),
 }
+
+
+def test_args_nested_to_the_limit_are_stored_as_given(app: JobQueue, runs: Runs,
+                                                      admin: Conn) -> None:
+    deepest = nested(NESTING_LIMIT)
+    job_id = app.enqueue("plain", deepest)
+    assert jobs_by_id(admin, app.schema) == {job_id: ("plain", deepest)}
 
 
 @pytest.mark.parametrize(("args", "options"), REFUSED.values(), ids=REFUSED.keys())
@@ -487,8 +508,9 @@ def test_unknown_task_is_refused_when_strict_and_stored_when_not(
     rows = admin.execute(sql.SQL("SELECT id, task, args, queue, max_attempts FROM {}")
                          .format(sql.Identifier(app.schema, "jobs"))).fetchall()
     # Unknown tasks take the app's defaults.
-    assert sorted(rows) == [(one, "billing.charge", {"order": 1}, "default", 5),
-                            (two, "billing.refund", {"order": 2}, "default", 5)]
+    # max_attempts is left to the worker that declares the task.
+    assert sorted(rows) == [(one, "billing.charge", {"order": 1}, "default", None),
+                            (two, "billing.refund", {"order": 2}, "default", None)]
 
 
 @given(args=st.dictionaries(

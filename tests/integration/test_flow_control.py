@@ -271,7 +271,7 @@ def deaf(monkeypatch: pytest.MonkeyPatch) -> None:
 
     class Deaf(base):  # type: ignore[misc, valid-type]
         def __init__(self, store: Any, *args: Any, **kwargs: Any) -> None:
-            super().__init__(store, *args, **kwargs, listen_dsn=deaf_dsn(store.dsn))
+            super().__init__(store, *args, **{**kwargs, "listen_dsn": deaf_dsn(store.dsn)})
 
     monkeypatch.setattr(worker_module, "Listener", Deaf)
 

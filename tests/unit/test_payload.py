@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from jobqueue import JobQueueError, PayloadError
 from jobqueue.config import DEFAULT_PAYLOAD_LIMIT, redact_dsn
-from jobqueue.payload import check_run_at, delay_seconds, encode_args
+from jobqueue.payload import NESTING_LIMIT, check_run_at, delay_seconds, encode_args
 
 LIMIT = DEFAULT_PAYLOAD_LIMIT
 
@@ -123,6 +123,30 @@ def test_nul_characters_are_refused(args: dict[str, Any]) -> None:
 def test_lone_surrogates_are_refused(args: dict[str, Any]) -> None:
     with pytest.raises(PayloadError, match="surrogate"):
         encode_args(args, LIMIT)
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """Dicts and lists alternating, ``levels`` deep (the top dict is one level)."""
+    inner: Any = {}
+    for level in range(levels - 1):
+        inner = {"d": inner} if level % 2 else [inner]
+    # The top level must be a dict: a list there becomes one, at the same depth.
+    return inner if isinstance(inner, dict) else {"d": inner[0]}
+
+
+@pytest.mark.parametrize("levels", [501, 990, 5_000, 100_000])
+def test_args_nested_beyond_the_limit_are_refused(levels: int) -> None:
+    # Deep enough, Python's encoder raises RecursionError; it must not escape.
+    with pytest.raises(PayloadError, match=f"nested more than {NESTING_LIMIT} levels"):
+        encode_args(_nested(levels), LIMIT)
+
+
+def test_args_nested_to_the_limit_pass() -> None:
+    deepest = _nested(NESTING_LIMIT)
+    text = encode_args(deepest, LIMIT)
+    assert json.loads(text) == deepest
+    # Brackets inside strings are text, not nesting: no false alarm.
+    assert encode_args({"s": "[{" * 5_000}, LIMIT)
 
 
 def test_payload_error_is_a_jobqueue_error_and_a_value_error() -> None:

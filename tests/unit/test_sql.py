@@ -50,8 +50,8 @@ def test_loader_rejects_a_file_naming_a_statement_twice(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("name", queries.statement_names())
 def test_statement_composes_with_the_schema_quoted(name: str) -> None:
-    plain = queries.compose(name, "jobqueue", channel="c").as_string(None)
-    weird = queries.compose(name, WEIRD, channel="c").as_string(None)
+    plain = queries.compose(name, "jobqueue", channel="c", role="r").as_string(None)
+    weird = queries.compose(name, WEIRD, channel="c", role="r").as_string(None)
     assert plain.strip(), f"{name} is empty"
     assert "{" + "schema}" not in plain and "{" + "schema}" not in weird
     if '"jobqueue".' in plain:
