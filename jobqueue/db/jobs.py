@@ -180,20 +180,24 @@ def queue_settings(queues: Sequence[str] | None) -> Op:
 
 def claim(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
     claimed: list[ClaimedJob]
-    if not req.limited and not req.local_settings:
-        claimed = yield rows(req.statement, req.params([req.limit] * len(req.queues)), ClaimedJob)
-    else:
-        claimed = yield Transaction(_claim_in_transaction(req))
+    if req.limited:
+        claimed = yield Transaction(_limited_claim(req))
+        return claimed
+    op = rows(req.statement, req.params([req.limit] * len(req.queues)), ClaimedJob)
+    if not req.local_settings:
+        claimed = yield op
+        return claimed
+    # The settings and the claim in one pipeline: one implicit transaction
+    # (until its sync), so the settings hold for the claim and end with it, in
+    # one round trip (BEGIN, SET LOCAL, claim, COMMIT one by one took four and
+    # cost a third of the drain rate).
+    _, claimed = yield Pipeline((run("worker_transaction"), op))
     return claimed
 
 
-def _claim_in_transaction(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
+def _limited_claim(req: ClaimRequest) -> Procedure[list[ClaimedJob]]:
     if req.local_settings:
         yield run("worker_transaction")
-    if not req.limited:
-        claimed: list[ClaimedJob] = yield rows(
-            req.statement, req.params([req.limit] * len(req.queues)), ClaimedJob)
-        return claimed
     # Sorted keys, so two workers serving overlapping queues lock in the same
     # order and cannot deadlock. The count runs in a statement after the lock
     # is granted, so its snapshot includes every claim of the previous holder.

@@ -26,6 +26,7 @@ from psycopg import sql as pgsql
 
 from jobqueue import JobQueue, sql
 from jobqueue.db import jobs
+from jobqueue.db.statement import Pipeline
 from tests.helpers import count
 
 Row = tuple[Any, ...]
@@ -359,6 +360,38 @@ def test_claim_at_a_large_backlog_plans_without_jit_on_the_ready_index(
     if available is not None and available[0]:
         assert "JIT" in explain_claim(conn, schema)
     conn.rollback()
+
+
+def test_behind_a_transaction_pooler_the_claim_sets_jit_off_for_itself(
+        large_backlog: str, pg_dsn: str) -> None:
+    # No session settings there: the claim goes in one pipeline after
+    # worker_transaction, whose set_config(..., true) lasts for the pipeline's
+    # implicit transaction. The same two statements, sent the same way, on a
+    # session where JIT would compile any plan:
+    schema = large_backlog
+    request = jobs.ClaimRequest(worker_id="w", lease=30.0, limit=100, queues=["default"],
+                                ranked=False, oldest=False, local_settings=True)
+    procedure = jobs.claim(request)
+    step = next(procedure)
+    assert isinstance(step, Pipeline)
+    assert [op.name for op in step.ops] == ["worker_transaction", "claim"]
+    with psycopg.connect(pg_dsn, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute("SET jit_above_cost = 10")
+        with conn.pipeline():
+            first, explain = conn.cursor(), conn.cursor()
+            first.execute(sql.query("worker_transaction", schema))
+            explain.execute(pgsql.SQL("EXPLAIN (FORMAT JSON) ") + sql.query("claim", schema),
+                            step.ops[1].params)
+        (plan,) = explain.fetchone()  # type: ignore[misc]
+        assert "JIT" not in plan[0], plan
+        # ... and only for it: the session is as it was, and would compile the claim
+        # (where this server can JIT at all).
+        assert conn.execute("SHOW jit").fetchone() != ("off",)
+        available = conn.execute("SELECT pg_jit_available()").fetchone()
+        if available is not None and available[0]:
+            row = conn.execute(pgsql.SQL("EXPLAIN (FORMAT JSON) ") + sql.query("claim", schema),
+                               step.ops[1].params).fetchone()
+            assert row is not None and "JIT" in row[0][0]
 
 
 # -- where a claim's scan starts -----------------------------------------------------------
