@@ -103,15 +103,16 @@ class Completer(Service):
         cut off, so what it did is not what the database holds.
         """
         state = self.state
-        # Taken, not removed: until the write lands they are still unacked (their
-        # jobs still held, a burst worker still waiting for them).
-        outcomes, unlock, counts = list(state.unacked), list(self._unlock), self._counts
-        state.flushing = len(outcomes)
-        try:
-            recorded = await self.store.run(jobs.record(outcomes, unlock, counts,
-                                                        state.worker_id))
-        finally:
-            state.flushing = 0
+        async with state.rows_lock:  # never at once with a heartbeat (see WorkerState)
+            # Taken, not removed: until the write lands they are still unacked
+            # (their jobs still held, a burst worker still waiting for them).
+            outcomes, unlock, counts = list(state.unacked), list(self._unlock), self._counts
+            state.flushing = len(outcomes)
+            try:
+                recorded = await self.store.run(jobs.record(outcomes, unlock, counts,
+                                                            state.worker_id))
+            finally:
+                state.flushing = 0
         del state.unacked[:len(outcomes)]
         del self._unlock[:len(unlock)]
         if recorded.lost:

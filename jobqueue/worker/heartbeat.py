@@ -52,8 +52,9 @@ class Heartbeat(Service):
                              lease_timeout=state.lease_timeout,
                              note="no heartbeat for longer than the lease: not claiming or "
                                   "starting buffered jobs until the leases are checked")
-        beat = await self.store.run(in_transaction(fleet.heartbeat(
-            self.registration, state.held_ids(), self.lease)))
+        async with state.rows_lock:  # never at once with a flush (see WorkerState)
+            beat = await self.store.run(in_transaction(fleet.heartbeat(
+                self.registration, state.held_ids(), self.lease)))
         state.last_beat = time.monotonic()
         if beat.reregistered:
             self.log.warning("worker.reregistered", worker_id=self.registration.worker_id)
