@@ -113,8 +113,13 @@ class Completer(Service):
                                                             state.worker_id))
             finally:
                 state.flushing = 0
+        # A fetcher held back by unwritten outcomes (see WorkerState.unacked_limit)
+        # may claim again.
+        held_back = len(state.unacked) > state.unacked_limit // 2
         del state.unacked[:len(outcomes)]
         del self._unlock[:len(unlock)]
+        if held_back:
+            state.wake_fetcher()
         if recorded.lost:
             outcomes = [o.lost(recorded.lost[o.job.id]) if o.job.id in recorded.lost else o
                         for o in outcomes]

@@ -201,7 +201,10 @@ class Worker:
         registration = fleet.Registration(self.id, socket.gethostname(), os.getpid(),
                                           list(cfg.queues), cfg.concurrency)
         await store.run(fleet.register(registration))
+        # Two flushes' worth of unwritten outcomes, or what the worker may hold.
         state = WorkerState(self.id, cfg.concurrency, cfg.buffered,
+                            unacked_limit=max(2 * cfg.flush_size,
+                                              cfg.concurrency + cfg.buffered),
                             lease_timeout=min(cfg.lease, cfg.worker_timeout))
         self.state = state
         services = self._compose(store, state, registration)

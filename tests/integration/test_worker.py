@@ -331,6 +331,36 @@ def test_claim_ahead_holds_at_most_its_bound_and_releases_the_buffer_on_stop(
     assert sorted(ran) == list(range(total)) and len(ids) == total
 
 
+def test_a_worker_whose_writes_fall_behind_stops_claiming_and_loses_nothing(
+        app: JobQueue, admin: psycopg.Connection[Any], pg_dsn: str) -> None:
+    ran: list[int] = []
+
+    @app.task()
+    async def quick(n: int) -> None:
+        ran.append(n)
+
+    total = 300
+    app.enqueue_many([("quick", {"n": n}) for n in range(total)])
+    # Every flush after the first also adds to job_counts: while another
+    # session holds that table, the worker's writes wait, its claims do not.
+    with psycopg.connect(pg_dsn) as blocker, worker_thread(
+            app, concurrency=4, prefetch=0, flush_size=5) as worker:
+        limit = worker.state.unacked_limit
+        assert limit == 10  # max(2 x flush_size, concurrency + prefetch)
+        blocker.execute(pgsql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+            pgsql.Identifier(app.schema, "job_counts")))
+        time.sleep(1.0)  # the worker runs into the bound, then waits
+        stalled = len(ran)
+        time.sleep(0.5)
+        # Held back: no more than the bound of unwritten outcomes (plus what was
+        # running when it was reached), and nothing more claimed meanwhile.
+        assert len(worker.state.unacked) <= limit + 4
+        assert len(ran) == stalled < total
+        blocker.rollback()  # the writes land; the worker goes on
+        wait_until(lambda: count(admin, app.schema, "jobs") == 0, 30, message="the rest")
+    assert sorted(ran) == list(range(total))
+
+
 def test_short_grace_releases_unfinished_jobs_without_counting_the_attempt(
         app: JobQueue, admin: psycopg.Connection[Any]) -> None:
     started: set[tuple[int, int]] = set()
