@@ -34,8 +34,13 @@ DEFAULT_HEARTBEAT_INTERVAL = 2.0
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 DEFAULT_CONCURRENCY = 10
 #: Claimed jobs a worker may hold ready beyond those running, per unit of
-#: concurrency (Celery's prefetch multiplier has the same default).
+#: concurrency (Celery's prefetch multiplier has the same default) ...
 DEFAULT_PREFETCH_PER_SLOT = 4
+#: ... or, unless --prefetch fixes it, as many as the worker runs in this many
+#: seconds, when that is more (short jobs) ...
+DEFAULT_PREFETCH_HORIZON = 0.05
+#: ... but never more than this many.
+DEFAULT_PREFETCH_CAP = 1000
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_POLL_INTERVAL = 1.0
 #: What sits between jobqueue and Postgres: "none" (direct connections or a

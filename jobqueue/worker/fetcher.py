@@ -9,6 +9,7 @@ working when LISTEN is broken.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -39,10 +40,14 @@ class Fetcher(Service):
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.burst = burst
-        self.refill = max(1, min(batch_size, state.prefetch) // 2)
         self.drained = asyncio.Event()
         self._claim_started = datetime.now(timezone.utc)
         self._last_claimed = 0
+
+    @property
+    def refill(self) -> int:
+        """With jobs buffered, claim again only once this much room opened up."""
+        return max(1, min(self.batch_size, self.state.prefetch) // 2)
 
     @property
     def claimed(self) -> int:
@@ -60,6 +65,7 @@ class Fetcher(Service):
         backoff, state = Backoff(), self.state
         while not self.stopping:
             state.wake.clear()
+            state.adapt_prefetch(time.monotonic())
             room = state.room
             # In doubt about its leases (frozen, cut off), a worker claims
             # nothing more until a heartbeat has re-registered and checked them.

@@ -14,7 +14,7 @@ import time
 from collections import Counter, deque
 from typing import NamedTuple
 
-from jobqueue.config import DEFAULT_LEASE
+from jobqueue.config import DEFAULT_LEASE, DEFAULT_PREFETCH_CAP, DEFAULT_PREFETCH_HORIZON
 from jobqueue.outcome import Outcome
 from jobqueue.rows import ClaimedJob
 from jobqueue.tasks import JobContext
@@ -31,10 +31,18 @@ class Running(NamedTuple):
 
 class WorkerState:
     def __init__(self, worker_id: str, concurrency: int, prefetch: int = 0,
-                 lease_timeout: float = DEFAULT_LEASE, unacked_limit: int | None = None) -> None:
+                 lease_timeout: float = DEFAULT_LEASE, unacked_limit: int | None = None,
+                 adaptive: bool = False) -> None:
         self.worker_id = worker_id
         self.concurrency = concurrency
-        self.prefetch = prefetch
+        # How many claimed jobs may wait for a slot. Fixed, or with ``adaptive``
+        # at least ``prefetch`` and up to what the worker runs in the prefetch
+        # horizon (see adapt_prefetch).
+        self.prefetch = self.prefetch_floor = prefetch
+        self.adaptive = adaptive
+        self._rate = 0.0  # jobs started per second, smoothed
+        self._rate_at = time.monotonic()
+        self._rate_started = 0
         # Finished jobs whose outcome is not written yet, at most: past it the
         # worker claims nothing more until a flush lands. Without it, when the
         # writes fall behind (a held xmin horizon makes every DELETE slower), a
@@ -84,6 +92,28 @@ class WorkerState:
         ``unacked_limit`` outcomes wait to be written."""
         held = self.concurrency + self.prefetch - len(self.inflight) - len(self.buffer)
         return min(held, self.unacked_limit - len(self.unacked))
+
+    def adapt_prefetch(self, now: float) -> None:
+        """Size the buffer to the worker's pace (the fetcher calls this before each claim).
+
+        A claim costs about the same for 20 jobs as for 100: with a fixed
+        buffer of 4 x concurrency, short jobs are claimed 20 at a time and the
+        claims are most of the worker's work (measured at concurrency 10: 13k
+        jobs/s with 40 buffered, 27k with 200). A buffer of what the worker runs
+        in ``DEFAULT_PREFETCH_HORIZON`` keeps claims large for short jobs, while
+        a job never waits in it for longer than that horizon; long jobs keep the
+        floor, so they are not hoarded by one worker while others are idle.
+        """
+        if not self.adaptive:
+            return
+        elapsed = now - self._rate_at
+        if elapsed < 0.1:
+            return
+        rate = (self.started - self._rate_started) / elapsed
+        self._rate = rate if not self._rate else 0.5 * self._rate + 0.5 * rate
+        self._rate_at, self._rate_started = now, self.started
+        paced = min(DEFAULT_PREFETCH_CAP, int(self._rate * DEFAULT_PREFETCH_HORIZON))
+        self.prefetch = max(self.prefetch_floor, paced)
 
     def lease_in_doubt(self) -> bool:
         """True from the moment the leases may have run out until a heartbeat checked them."""

@@ -75,7 +75,8 @@ class WorkerConfig:
 
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
     concurrency: int = DEFAULT_CONCURRENCY
-    #: Claimed jobs held ready beyond the running ones (None: 4 per unit of concurrency).
+    #: Claimed jobs held ready beyond the running ones (None: 4 per unit of
+    #: concurrency, or for short jobs what the worker runs in 50 ms, at most 1,000).
     prefetch: int | None = None
     burst: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -203,6 +204,7 @@ class Worker:
         await store.run(fleet.register(registration))
         # Two flushes' worth of unwritten outcomes, or what the worker may hold.
         state = WorkerState(self.id, cfg.concurrency, cfg.buffered,
+                            adaptive=cfg.prefetch is None,
                             unacked_limit=max(2 * cfg.flush_size,
                                               cfg.concurrency + cfg.buffered),
                             lease_timeout=min(cfg.lease, cfg.worker_timeout))
