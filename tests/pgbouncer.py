@@ -2,7 +2,8 @@
 
 Started once per test session on a free port, from the ``pgbouncer`` binary
 (Debian's package; ``.ci/run`` installs it). PgBouncer refuses to run as root,
-so under root it runs as the ``postgres`` user (else ``nobody``). Without the
+so under root it runs as the ``postgres`` user (else ``nobody``), or as the owner of the
+upstream's Unix socket directory (the embedded Postgres'). Without the
 binary the tests that need it are skipped, except where
 ``JOBQUEUE_REQUIRE_PGBOUNCER=1`` (CI) makes that a failure.
 """
@@ -36,9 +37,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_as() -> pwd.struct_passwd | None:
+def _run_as(host: str) -> pwd.struct_passwd | None:
     if os.geteuid() != 0:
         return None
+    if host.startswith("/"):
+        # A Unix socket directory (the embedded Postgres' data directory, mode
+        # 0700): only its owner may connect through it.
+        owner = os.stat(host).st_uid
+        if owner != 0:
+            return pwd.getpwuid(owner)
     for name in ("postgres", "nobody"):
         try:
             return pwd.getpwnam(name)
@@ -83,7 +90,7 @@ max_client_conn = 400
 logfile = {home / 'pgbouncer.log'}
 pidfile = {home / 'pgbouncer.pid'}
 """)
-    account = _run_as()
+    account = _run_as(host)
     if account is not None:
         os.chown(home, account.pw_uid, account.pw_gid)
         for f in home.iterdir():
