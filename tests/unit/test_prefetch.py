@@ -38,3 +38,27 @@ def test_estimates_are_not_taken_over_too_short_a_time() -> None:
     state.started = 5_000
     state.adapt_prefetch(state._rate_at + 0.01)
     assert state.prefetch == 40
+
+
+def test_costly_scans_from_the_head_are_spaced_and_cheap_ones_are_not() -> None:
+    import time
+
+    from jobqueue.db import jobs
+    from jobqueue.worker.claimer import HEAD_EVERY, Claimer, spaced
+
+    assert spaced(0.001) < 0  # about a millisecond: as often as the claims ask
+    before = time.monotonic()
+    assert spaced(0.1) >= before + 0.9  # 100 ms: at most a tenth of the time from now on
+    c = Claimer("jobqueue", "w", ("default",), 30.0, fair_every=0)
+    c.positions["default"] = (0, jobs.HEAD[1], 10)
+    c._head_allowed = time.monotonic() + 60
+    kinds = []
+    for _ in range(HEAD_EVERY * 2):
+        request = c.request(10)
+        assert request is not None
+        kinds.append(request.after == [jobs.HEAD])
+    assert not any(kinds)  # spaced out: none from the head
+    c._head_allowed = -1e9
+    assert any(c.request(10).after == [jobs.HEAD]  # type: ignore[union-attr]
+               for _ in range(HEAD_EVERY))
+
