@@ -1,4 +1,4 @@
-"""The claim-ahead buffer's size: fixed when given, else paced to the worker."""
+"""How a worker paces its claims: the claim-ahead buffer's size, and costly scans from the head."""
 
 from __future__ import annotations
 
