@@ -107,12 +107,8 @@ class Completer(Service):
             # Taken, not removed: until the write lands they are still unacked
             # (their jobs still held, a burst worker still waiting for them).
             outcomes, unlock, counts = list(state.unacked), list(self._unlock), self._counts
-            state.flushing = len(outcomes)
-            try:
-                recorded = await self.store.run(jobs.record(outcomes, unlock, counts,
-                                                            state.worker_id))
-            finally:
-                state.flushing = 0
+            recorded = await self.store.run(jobs.record(outcomes, unlock, counts,
+                                                        state.worker_id))
         # A fetcher held back by unwritten outcomes (see WorkerState.unacked_limit)
         # may claim again.
         held_back = len(state.unacked) > state.unacked_limit // 2

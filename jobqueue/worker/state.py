@@ -61,10 +61,8 @@ class WorkerState:
         # Claimed ahead, waiting for a free slot: leased (and heartbeated) like
         # running jobs, released unstarted at shutdown without counting an attempt.
         self.buffer: deque[ClaimedJob] = deque()
-        # Outcomes recorded but not yet written: their jobs are still leased. The
-        # first `flushing` of them are being written right now.
+        # Outcomes recorded but not yet written: their jobs are still leased.
         self.unacked: list[Outcome] = []
-        self.flushing = 0
         # Held by the heartbeat's lease extension and by the completer's flush,
         # so that they never run at once: both lock rows of this worker's jobs
         # (an UPDATE and a DELETE of overlapping ids, each in its own plan's
@@ -124,11 +122,10 @@ class WorkerState:
     def held_ids(self) -> list[int]:
         """Jobs this worker holds: buffered, running, or finished with the outcome
         not yet written."""
-        # Not the outcomes being written (none while ``rows_lock`` is held: the
-        # flush and the heartbeat take turns). Their leases are extended by the
-        # next beat if the write fails.
+        # Read under ``rows_lock`` by the heartbeat, so no flush is writing any
+        # of them meanwhile (the two take turns).
         return [*(j.id for j in self.buffer), *self.inflight,
-                *(o.job.id for o in self.unacked[self.flushing:])]
+                *(o.job.id for o in self.unacked)]
 
     def wake_fetcher(self) -> None:
         self.wake.set()
