@@ -88,10 +88,7 @@ def resolve_schema(schema: str | None) -> str:
 
 def resolve_dsn(dsn: str | None) -> str | None:
     """The explicit DSN, else ``$JOBQUEUE_DSN``; None means "use the embedded Postgres"."""
-    value = dsn or os.environ.get("JOBQUEUE_DSN") or None
-    if value is not None:
-        validate_dsn(value)
-    return value
+    return _dsn_or_env(dsn, "JOBQUEUE_DSN")
 
 
 def resolve_pooler(pooler: str | None) -> str:
@@ -104,7 +101,11 @@ def resolve_pooler(pooler: str | None) -> str:
 
 def resolve_listen_dsn(dsn: str | None) -> str | None:
     """The argument, else ``$JOBQUEUE_LISTEN_DSN``, else None."""
-    value = dsn or os.environ.get("JOBQUEUE_LISTEN_DSN") or None
+    return _dsn_or_env(dsn, "JOBQUEUE_LISTEN_DSN")
+
+
+def _dsn_or_env(dsn: str | None, variable: str) -> str | None:
+    value = dsn or os.environ.get(variable) or None
     if value is not None:
         validate_dsn(value)
     return value

@@ -140,7 +140,8 @@ def _readable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> b
 
 def probe_schema(schema: str) -> Procedure[None]:
     table = psycopg.sql.Identifier(schema, "jobs").as_string(None)
-    # to_regclass never raises, so probing cannot poison a caller's transaction.
+    # The probe never raises (see schema_probe), so it cannot poison a caller's
+    # transaction.
     state = yield scalar("schema_probe", {"table": table, "schema": schema})
     if state == "no_usage":
         raise PrivilegeError(f"permission denied for schema {schema!r}: {GRANT_HINT}")
