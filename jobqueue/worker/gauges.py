@@ -40,14 +40,18 @@ def gauge_leader_key(schema: str) -> int:
     return advisory_key(schema, "gauges")
 
 
+def _snapshot(worker_timeout: float) -> Procedure[Snapshot]:
+    queues = yield admin.queue_overview(worker_timeout)
+    workers = yield fleet.worker_heartbeats()
+    return Snapshot(queues=queues, workers=workers)
+
+
 def _round(key: int, worker_timeout: float) -> Procedure[Snapshot | None]:
     """A round under a transaction-scoped lock (run in a transaction); None: another
     worker is reading the gauges right now."""
     if not (yield fleet.try_leadership(key)):
         return None
-    queues = yield admin.queue_overview(worker_timeout)
-    workers = yield fleet.worker_heartbeats()
-    return Snapshot(queues=queues, workers=workers)
+    return (yield from _snapshot(worker_timeout))
 
 
 class GaugeRefresher(Service):
@@ -89,22 +93,19 @@ class GaugeRefresher(Service):
             if snapshot is None:
                 return False
             self.metrics.leader = True
-            self.metrics.set_snapshot(snapshot)
-            self.refreshes += 1
-            return True
-        if self._conn is None or self._conn.closed:
-            # The lock is session-scoped: this connection is kept for it alone.
-            self._conn = await self.store.connect(
-                autocommit=True, fallback_application_name=application_name())
-        conn = self._conn
-        if not self.metrics.leader:
-            if not await self.store.run(fleet.try_session_leadership(self.key), conn):
-                return False
-            self.metrics.leader = True
-            self.log.info("gauges.leader", note="this worker refreshes the queue gauges")
-        queues = await self.store.run(admin.queue_overview(self.worker_timeout), conn)
-        workers = await self.store.run(fleet.worker_heartbeats(), conn)
-        self.metrics.set_snapshot(Snapshot(queues=queues, workers=workers))
+        else:
+            if self._conn is None or self._conn.closed:
+                # The lock is session-scoped: this connection is kept for it alone.
+                self._conn = await self.store.connect(
+                    autocommit=True, fallback_application_name=application_name())
+            conn = self._conn
+            if not self.metrics.leader:
+                if not await self.store.run(fleet.try_session_leadership(self.key), conn):
+                    return False
+                self.metrics.leader = True
+                self.log.info("gauges.leader", note="this worker refreshes the queue gauges")
+            snapshot = await self.store.run(_snapshot(self.worker_timeout), conn)
+        self.metrics.set_snapshot(snapshot)
         self.refreshes += 1
         return True
 

@@ -17,6 +17,7 @@ import json
 import statistics
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -32,7 +33,7 @@ from psycopg import sql
 from jobqueue import JobQueue
 from tests.acceptance import support
 from tests.apps.cron_app import CRON_RUNS_DDL
-from tests.helpers import count, wait_until
+from tests.helpers import count, wait_until, worker_thread
 
 RECORDER = "tests.apps.recorder:app"
 
@@ -316,3 +317,24 @@ def test_limits_lock_keys_pause_and_cancel_hold_behind_pgbouncer(
         assert proc.stop() == 0, proc.log()
         assert problems(proc) == []
     assert count(admin, schema, "jobs") == 0
+
+
+def test_the_metrics_gauges_are_read_behind_pgbouncer(
+        pooled: JobQueue, admin: psycopg.Connection[Any]) -> None:
+    @pooled.task()
+    def noop() -> None:
+        return None
+
+    pooled.enqueue("noop", queue="elsewhere")  # a queue this worker does not serve: stays ready
+    with worker_thread(pooled, metrics_port=0, metrics_addr="127.0.0.1",
+                       metrics_interval=0.2) as worker:
+        gauges = worker.services["gauges"]
+        wait_until(lambda: getattr(gauges, "refreshes", 0) >= 2, 15,
+                   message="two gauge rounds under the transaction-scoped lock")
+        url = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+    ready = [line for line in body.splitlines()
+             if 'queue="elsewhere"' in line and not line.startswith("#")]
+    assert ready, body
+    assert count(admin, pooled.schema, "jobs") == 1
