@@ -19,6 +19,7 @@ from jobqueue.db.statement import Procedure, scalar
 from jobqueue.db.store import database_error, run_sync
 from jobqueue.errors import ConfigError
 from jobqueue.protocol import advisory_key
+from jobqueue.sql import schema_revision_text
 
 VERSION_TABLE = "jobqueue_alembic_version"
 def migrate_lock_key(schema: str) -> int:
@@ -117,14 +118,16 @@ def head_revision() -> str:
     return head
 
 
-def run_sql(text: str) -> None:
-    """Run a migration's SQL file from inside an Alembic revision.
+def run_revision(name: str) -> None:
+    """Run the SQL file ``sql/schema/<name>.sql`` from inside an Alembic revision,
+    for the schema the migration was started for (``config.attributes``).
 
     Online, the file goes to the driver as one simple-protocol query (several
     statements, no parameters); offline (``--sql``) Alembic prints it.
     """
     from alembic import context, op
 
+    text = schema_revision_text(name, str(context.config.attributes["jobqueue_schema"]))
     if context.is_offline_mode():
         op.execute(text.rstrip().rstrip(";"))  # Alembic adds its own terminator
         return
