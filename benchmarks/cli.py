@@ -38,7 +38,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 ALL_TARGETS = ("raw", "jobqueue", "pgqueuer", "procrastinate", "graphile")
 # The scenarios of `all`; scaling is not one of them (at its default sizes it
 # stores and drains 1.4M jobs per target).
-SCENARIOS = ("drain", "enqueue-tx", "enqueue-one", "bulk", "latency", "soak")
+SCENARIOS = ("drain", "enqueue-tx", "enqueue-one", "bulk", "latency", "result", "soak")
 SCALING_TARGETS = ("raw", "jobqueue", "pgqueuer")
 SCALING_SIZES = "10000,100000,300000,1000000"
 
@@ -97,6 +97,10 @@ PeerDb = Annotated[str, typer.Option("--peer-db-prefix",
                                      help="Peers get the databases PREFIX_pgqueuer, "
                                           "PREFIX_procrastinate and PREFIX_graphile (dropped "
                                           "and created again for every scenario)")]
+ResultJobs = Annotated[int, typer.Option("--result-jobs", min=1,
+                                         help="app.result() waits, one job at a time")]
+JobSeconds = Annotated[float, typer.Option("--job-seconds", min=0.0,
+                                           help="how long each awaited job runs")]
 Timeout = Annotated[float, typer.Option("--timeout", min=1,
                                         help="seconds one worker phase may take")]
 
@@ -138,6 +142,9 @@ def _rows(s: Settings, scenario: str) -> list[Target]:
         out += [JobQueueTarget(s.dsn, v, concurrency=s.jq_concurrency,
                                   batch_size=s.jq_batch) for v in jq]
         if scenario == "drain":
+            # History's cost: the same worker with JobQueue(history=False).
+            out.append(JobQueueTarget(s.dsn, "async", concurrency=s.jq_concurrency,
+                                      batch_size=s.jq_batch, history=False))
             # And at its defaults, as `jobqueue worker` runs without tuning flags.
             out += [JobQueueTarget(s.dsn, v, defaults=True) for v in jq]
     if scenario == "enqueue-one":
@@ -249,6 +256,14 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _result(s: Settings, jobs: int, seconds: float) -> Callable[[], list[Result]]:
+    def step() -> list[Result]:
+        if "jobqueue" not in s.targets:
+            return []
+        return [scenarios.result_wakeup(JobQueueTarget(s.dsn, "async"), jobs, seconds, 30.0)]
+    return step
+
+
 def _bulk(s: Settings, jobs: int, batch: int) -> Callable[[], list[Result]]:
     return lambda: [scenarios.bulk(t, jobs, batch) for t in _rows(s, "bulk")]
 
@@ -312,6 +327,7 @@ def run_all(
     bulk_batch: BulkBatch = 1_000,
     latency_jobs: LatencyJobs = 300,
     latency_interval: LatencyInterval = 0.02,
+    result_jobs: ResultJobs = 200,
     soak_seconds: SoakSeconds = 600,
     soak_hold: SoakHold = 120,
     soak_window: SoakWindow = 30,
@@ -324,7 +340,7 @@ def run_all(
     timeout: Timeout = 300,
     peer_db_prefix: PeerDb = "jq_bench",
     scenario: Annotated[list[str] | None, typer.Option(
-        "--scenario", help="Only these scenarios (repeatable); default: all six "
+        "--scenario", help="Only these scenarios (repeatable); default: all seven "
                            "(scaling is a command of its own)")] = None,
 ) -> None:
     """Every scenario, each target on a fresh store, one table with the ratios."""
@@ -348,6 +364,7 @@ def run_all(
         "enqueue-one": _enqueue_one(s, one_jobs),
         "bulk": _bulk(s, bulk_jobs, bulk_batch),
         "latency": _latency(s, latency_jobs, latency_interval),
+        "result": _result(s, result_jobs, 0.05),
         "soak": _soak(s, soak_seconds, soak_hold, soak_window, soak_load, soak_rate,
                       lambda: drained, min(drain_jobs, 5_000), soak_vacuum_every),
     }
@@ -436,6 +453,15 @@ def run_latency(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt 
     s.jq_batch = jq_batch
     _run(s, [_latency(s, latency_jobs, latency_interval)], as_json, output,
          {"latency_jobs": latency_jobs, "latency_interval": latency_interval}, ("latency",))
+
+
+@app.command("result")
+def run_result(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+               result_jobs: ResultJobs = 200, job_seconds: JobSeconds = 0.05) -> None:
+    """app.result(): from a job's ack to the waiter's return (jobqueue only)."""
+    s = _settings(dsn, "jobqueue", 200, 10, 100, 300)
+    _run(s, [_result(s, result_jobs, job_seconds)], as_json, output,
+         {"result_jobs": result_jobs, "job_seconds": job_seconds}, ("result",))
 
 
 @app.command("soak")

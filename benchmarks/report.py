@@ -23,6 +23,7 @@ THROUGHPUT = ("drain", "enqueue-tx", "enqueue-one", "bulk")
 PEERS = ("pgqueuer", "procrastinate", "graphile")
 # jobqueue's rows by the name they have in the tables.
 JQ_DRAIN = {"async": "jobqueue (async handler)", "sync": "jobqueue (sync handler)"}
+JQ_HISTORY_OFF = "jobqueue, history off (async handler)"
 JQ_DEFAULTS = {"async": "jobqueue defaults (async handler)",
                "sync": "jobqueue defaults (sync handler)"}
 
@@ -110,6 +111,14 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
             verdict = all(met) if len(met) == 2 or not all(met) else None
             check(f"drain: jobqueue defaults ({variant} handler)",
                   ">= 1.2x best peer and >= 0.8x raw floor", ", ".join(parts), verdict)
+    on, off = _jq(results, "drain"), _jq(results, "drain", JQ_HISTORY_OFF)
+    if on and off:
+        ratio = on.rate / off.rate
+        check("drain: history on vs history off", ">= 85 %", f"{ratio:.0%}", ratio >= 0.85)
+    jq = _jq(results, "result")
+    if jq:
+        check("result wake-up p50 (ack to app.result returning)", "<= 5 ms",
+              f"{jq.extra['p50_ms']} ms", jq.extra["p50_ms"] <= 5)
     group = [r for r in results if r.scenario == "enqueue-tx"]
     jq = _jq(results, "enqueue-tx")
     insert = next((r for r in group if r.label == "raw: INSERT"), None)
@@ -191,6 +200,13 @@ def markdown(results: list[Result]) -> str:
                   "enqueue+commit p50 ms |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['label']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
                   f"{r['max_ms']} | {r['enqueue_commit_p50_ms']} |" for r in latency]
+        lines.append("")
+    waits = [r for r in data if r["scenario"] == "result"]
+    if waits:
+        lines += ["| result (ack → app.result returns) | jobs | p50 ms | p90 ms | max ms |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['label']} | {r['jobs']} | {r['p50_ms']} | {r['p90_ms']} | "
+                  f"{r['max_ms']} |" for r in waits]
         lines.append("")
     scaling = [r for r in data if r["scenario"] == "scaling"]
     if scaling:

@@ -216,6 +216,31 @@ def latency(target: Target, jobs: int, interval: float, timeout: float,
     return result
 
 
+# -- result wake-up ------------------------------------------------------------------------------
+
+
+def result_wakeup(target: Target, jobs: int, seconds: float, timeout: float,
+                  log: Log = stderr_log) -> Result:
+    """``app.result()`` on one job at a time (each running ``seconds``, so that the
+    waiter waits first): how soon after the ack it returns, woken by NOTIFY."""
+    def body() -> Result:
+        worker = WorkerProcess(target.worker_module, target.worker_spec("result", "serve")).start()
+        try:
+            started = time.perf_counter()
+            stats = target.result_wakeups(jobs, seconds, timeout)  # type: ignore[attr-defined]
+            elapsed = time.perf_counter() - started
+        finally:
+            worker.stop()
+        _check_empty(target, "result")
+        return _result(target, "result", jobs, elapsed, job_seconds=seconds, **stats)
+
+    result = _phase(target, "result", log, body)
+    e = result.extra
+    log(f"[result] {result.label}: wake-up p50 {e['p50_ms']} ms, p90 {e['p90_ms']} ms, "
+        f"max {e['max_ms']} ms")
+    return result
+
+
 # -- soak ----------------------------------------------------------------------------------------
 
 

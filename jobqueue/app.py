@@ -14,6 +14,7 @@ and the settings, never this object.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import psycopg
@@ -23,6 +24,7 @@ from jobqueue import enqueue as building
 from jobqueue.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HISTORY,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PAYLOAD_LIMIT,
     DEFAULT_QUEUE,
@@ -39,10 +41,12 @@ from jobqueue.db.store import AsyncStore, Store
 from jobqueue.db.store import resolve_dsn as connect_dsn
 from jobqueue.dead import DeadJobs
 from jobqueue.enqueue import EnqueueOptions, ManyOptions, log_enqueued
-from jobqueue.protocol import control_channel
+from jobqueue.errors import ConfigError
+from jobqueue.protocol import control_channel, outcome_channel
 from jobqueue.queues import QueueControls
-from jobqueue.registry import Registry, TaskRef, task_name
-from jobqueue.rows import QueueOverview
+from jobqueue.registry import Registry, TaskRef, history_seconds, task_name
+from jobqueue.results import Results
+from jobqueue.rows import HistoryEntry, JobInfo, Progress, QueueOverview, RunningJob
 from jobqueue.tasks import Retry, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -60,6 +64,10 @@ class JobQueue:
     Behind PgBouncer in transaction mode pass ``pooler="transaction"`` (or set
     ``$JOBQUEUE_POOLER``), and for workers ``listen_dsn=``, a direct connection
     for LISTEN (``$JOBQUEUE_LISTEN_DSN``; without it workers poll).
+
+    ``history`` is how long succeeded jobs (and their results) stay in
+    ``job_history``: a week unless given, ``False`` for none; tasks may say
+    otherwise (``@app.task(history=...)``).
     """
 
     def __init__(
@@ -74,11 +82,13 @@ class JobQueue:
         default_retry: Retry | None = None,
         pooler: str | None = None,
         listen_dsn: str | None = None,
+        history: timedelta | bool | None = None,
     ) -> None:
         self.registry = Registry(default_queue=default_queue,
                                  default_max_attempts=default_max_attempts,
                                  default_retry=default_retry or Retry(),
-                                 payload_limit=payload_limit)
+                                 payload_limit=payload_limit,
+                                 default_history=history_seconds(history, DEFAULT_HISTORY))
         self.settings = Settings(dsn=resolve_dsn(dsn), schema=resolve_schema(schema),
                                  payload_limit=payload_limit, connect_timeout=connect_timeout,
                                  pooler=resolve_pooler(pooler),
@@ -96,6 +106,7 @@ class JobQueue:
         self.astore = AsyncStore(value)
         self.dead = DeadJobs(self.store)
         self.queues = QueueControls(self.store)
+        self.results = Results(self.store, self.astore, value)
 
     def __repr__(self) -> str:
         return f"JobQueue(schema={self.schema!r}, tasks={sorted(self.tasks)})"
@@ -226,10 +237,15 @@ class JobQueue:
         """Create or upgrade the jobqueue schema (idempotent)."""
         migrations.upgrade(self.dsn, self.schema)
 
-    def grant(self, role: str, *, worker: bool = False) -> None:
-        """Grant an existing ``role`` what enqueue needs (a producer), or with
-        ``worker`` what a worker needs; neither may create, drop or truncate."""
-        self.store.run(admin.grant("worker" if worker else "producer", role))
+    def grant(self, role: str, *, worker: bool = False, kind: str | None = None) -> None:
+        """Grant an existing ``role`` what enqueue needs (a producer), with ``worker``
+        what a worker needs, or with ``kind="results"`` what ``job()`` and ``result()``
+        need; none of them may create, drop or truncate."""
+        kind = kind or ("worker" if worker else "producer")
+        if kind not in admin.GRANTS:
+            raise ConfigError(f"unknown kind of rights {kind!r}: use one of "
+                              f"{', '.join(admin.GRANTS)}")
+        self.store.run(admin.grant(kind, role))
 
     def connect(self) -> psycopg.Connection[Any]:
         """A new, unpooled connection to this queue's database (the caller closes it)."""
@@ -240,7 +256,45 @@ class JobQueue:
         ``cancelled``), ``"cancelling"`` (it is running: its worker is asked to stop it;
         async handlers are cancelled, sync ones see ``ctx.cancelled``), or
         ``"not_found"`` (no such live job: finished, dead, or never existed)."""
-        return self.store.run(jobs.cancel(job_id, control_channel(self.schema)), conn)
+        return self.store.run(jobs.cancel(job_id, control_channel(self.schema),
+                                          outcome_channel(self.schema)), conn)
+
+    # -- results and history ------------------------------------------------------------
+
+    def job(self, job_id: int, *, conn: Any = None) -> JobInfo:
+        """Where job ``job_id`` is and what became of it: its state (queued, scheduled,
+        running, succeeded, dead, cancelled), attempts, errors, result, progress and
+        timings. JobNotFound for an id this queue never had, or whose history is gone."""
+        return self.results.job(job_id, conn)
+
+    async def job_async(self, job_id: int, *, conn: Any = None) -> JobInfo:
+        return await self.results.job_async(job_id, conn)
+
+    def result(self, job_id: int, *, timeout: float | None = None,
+               on_progress: Callable[[Progress], Any] | None = None) -> Any:
+        """Wait until the job ends and return its result (the handler's return value).
+
+        Woken by NOTIFY when the job's ack commits (no polling). Raises JobFailed
+        for a dead or cancelled job (its reason and last error), TimeoutError
+        after ``timeout`` seconds, JobNotFound for an unknown id. ``on_progress``
+        is called with each progress report seen meanwhile.
+        """
+        return self.results.wait(job_id, timeout, on_progress)
+
+    async def result_async(self, job_id: int, *, timeout: float | None = None,
+                           on_progress: Callable[[Progress], Any] | None = None) -> Any:
+        """:meth:`result`, awaited."""
+        return await self.results.wait_async(job_id, timeout, on_progress)
+
+    def history(self, *, task: TaskRef | None = None, since: datetime | None = None,
+                limit: int = 50, conn: Any = None) -> list[HistoryEntry]:
+        """Succeeded jobs, newest first (of ``task``, finished at or after ``since``)."""
+        return self.results.history(None if task is None else task_name(task), since, limit,
+                                    conn)
+
+    def running(self, *, limit: int = 20, conn: Any = None) -> list[RunningJob]:
+        """Jobs running now (worker, start, progress), longest-running first."""
+        return self.results.running(limit, conn)
 
     def stats(self, conn: Any = None) -> list[QueueOverview]:
         """Per queue: ready, scheduled, running and dead jobs, the oldest ready job's

@@ -42,6 +42,11 @@ DEFAULT_PREFETCH_HORIZON = 0.05
 #: ... but never more than this many.
 DEFAULT_PREFETCH_CAP = 1000
 DEFAULT_BATCH_SIZE = 100
+#: How long a succeeded job stays in job_history (its result with it), seconds:
+#: a week, the span of "did last Monday's export run?".
+DEFAULT_HISTORY = 7 * 24 * 3600.0
+#: A running job's ctx.progress() is written at most this often, seconds.
+DEFAULT_PROGRESS_INTERVAL = 0.25
 DEFAULT_POLL_INTERVAL = 1.0
 #: What sits between jobqueue and Postgres: "none" (direct connections or a
 #: session pooler) or "transaction" (PgBouncer's transaction mode and its kin).

@@ -34,7 +34,7 @@ from jobqueue.config import DEFAULT_WORKER_TIMEOUT, Settings, describe_dsn, migr
 from jobqueue.db import doctor as ops
 from jobqueue.db import fleet, migrate
 from jobqueue.db.admin import queue_overview
-from jobqueue.db.statement import Op, Procedure, in_transaction
+from jobqueue.db.statement import Op, Procedure, in_transaction, listen
 from jobqueue.db.store import Store
 from jobqueue.errors import DatabaseError
 from jobqueue.rows import QueueOverview, WorkerBeat
@@ -369,7 +369,7 @@ class _Doctor:
                                        connect_timeout=settings.connect_timeout_arg,
                                        application_name="jobqueue-doctor-listen")
         with listener:
-            self.store.run(fleet.listen(channel), listener)
+            self.store.run(listen(channel), listener)
             sent = time.monotonic()
             self.store.run(fleet.probe_notify(channel, "doctor"), self.conn)
             received = None

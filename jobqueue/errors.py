@@ -62,6 +62,34 @@ class UnsupportedConnectionError(JobQueueError, TypeError):
     """``conn=`` is not a connection kind that jobqueue can enqueue through."""
 
 
+class JobNotFound(JobQueueError, LookupError):
+    """No job of that id: jobqueue never had it, or its history was pruned (or its
+    task keeps none)."""
+
+    def __init__(self, job_id: int, detail: str = "") -> None:
+        super().__init__(detail or f"no job {job_id}: never enqueued here, or it succeeded "
+                                   "and its history was pruned (or its task keeps none)")
+        self.job_id = job_id
+
+
+class JobFailed(JobQueueError):
+    """The job ended dead (``reason``: exhausted, permanent, timeout, crashed, cancelled,
+    ...); ``error`` is its last error's type and message, ``errors`` every attempt's."""
+
+    def __init__(self, job_id: int, reason: str, error: str | None,
+                 errors: list[dict[str, object]] | None = None) -> None:
+        super().__init__(f"job {job_id} is dead ({reason})" + (f": {error}" if error else ""))
+        self.job_id = job_id
+        self.reason = reason
+        self.error = error
+        self.errors = errors or []
+
+
+class LeaseLostError(JobQueueError):
+    """A transactional handler's ack found the job no longer this attempt's (rescued,
+    cancelled or claimed elsewhere): its transaction was rolled back."""
+
+
 class PermanentError(Exception):
     """Raised by a handler: do not retry, move the job to dead_jobs at once."""
 
@@ -77,3 +105,9 @@ class RetryAfter(Exception):
             raise ValueError("RetryAfter needs a delay >= 0")
         super().__init__(message or f"retry requested after {seconds}s")
         self.seconds = float(seconds)
+
+
+class ResultError(PermanentError):
+    """A handler returned what cannot be stored as its job's result (not JSON, too
+    large): the attempt fails for good, since running it again would return the
+    same. Tasks that return what they need not keep declare ``result=False``."""

@@ -107,6 +107,11 @@ class Outcome(NamedTuple):
     ``reason`` for a dead job, ``error`` for every failure. A lease-lost outcome
     keeps what the worker meant to write (``intended``) and who holds the job
     now, where the database still has it (``owner``).
+
+    A success carries what its history row needs: the ``result`` (JSON text or
+    None), how long to ``keep`` it (seconds; 0: no history) and the last
+    ``progress``. ``committed`` marks one whose ack already committed with a
+    transactional handler's writes: it is reported, never written again.
     """
 
     kind: Kind
@@ -117,10 +122,17 @@ class Outcome(NamedTuple):
     error: ErrorEntry | None = None
     intended: Kind | None = None
     owner: str | None = None
+    result: str | None = None
+    keep: float = 0.0
+    progress: str | None = None
+    committed: bool = False
 
     @classmethod
-    def succeeded(cls, job: ClaimedJob, duration: float) -> Outcome:
-        return cls(Kind.SUCCEEDED, job, duration)
+    def succeeded(cls, job: ClaimedJob, duration: float, result: str | None = None,
+                  keep: float = 0.0, progress: str | None = None,
+                  committed: bool = False) -> Outcome:
+        return cls(Kind.SUCCEEDED, job, duration, result=result, keep=keep, progress=progress,
+                   committed=committed)
 
     @classmethod
     def retry(cls, job: ClaimedJob, duration: float, delay: float,
@@ -138,4 +150,5 @@ class Outcome(NamedTuple):
 
     def lost(self, owner: str | None) -> Outcome:
         """This outcome, found not written: the lease was no longer this worker's."""
-        return self._replace(kind=Kind.LEASE_LOST, intended=self.kind, owner=owner)
+        intended = self.intended if self.kind is Kind.LEASE_LOST else self.kind
+        return self._replace(kind=Kind.LEASE_LOST, intended=intended, owner=owner)

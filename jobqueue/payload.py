@@ -29,7 +29,6 @@ CORRELATION_LIMIT = 255
 # interpreter's recursion limit (1,000 frames, shared with the caller's stack)
 # before that: 500 leaves room for a deep caller and is far beyond real payloads.
 NESTING_LIMIT = 500
-Container = dict[Any, Any] | list[Any] | tuple[Any, ...]
 
 # The correlation id of the job running in this context (set by the worker for
 # each job). A job enqueued from inside a handler inherits it, so one request
@@ -47,41 +46,55 @@ def encode_args(args: Mapping[str, Any] | None, limit: int) -> str:
     for key in args:
         if not isinstance(key, str):
             raise PayloadError(f"job args keys must be strings, got {key!r}")
+    # json only knows dict: any other Mapping (the type enqueue accepts) is copied.
+    return encode_json(args if isinstance(args, dict) else dict(args), limit, "job args")
+
+
+def encode_result(value: Any, limit: int) -> str | None:
+    """A handler's return value as JSON text (None stays None: no result), under the
+    same rules as args; PayloadError says why it cannot be stored."""
+    if value is None:
+        return None
+    return encode_json(value, limit, "the handler's result")
+
+
+def encode_json(obj: Any, limit: int, what: str) -> str:
+    """``obj`` as compact JSON text that jsonb takes, at most ``limit`` bytes."""
     try:
-        # json only knows dict: any other Mapping (the type enqueue accepts) is copied.
-        obj = args if isinstance(args, dict) else dict(args)
         text = _ENCODER.encode(obj)
     except (TypeError, ValueError) as exc:
-        raise PayloadError(f"job args are not JSON-serializable: {exc}") from None
+        raise PayloadError(f"{what}: not JSON-serializable: {exc}") from None
     except RecursionError:
-        raise PayloadError(f"{_too_deep()} (too deep to encode)") from None
+        raise PayloadError(f"{_too_deep(what)} (too deep to encode)") from None
     # Brackets outside strings are the nesting; their count bounds the depth,
-    # so the walk below runs only for args that have that many of them.
+    # so the walk below runs only for values that have that many of them.
     if text.count("{") + text.count("[") > NESTING_LIMIT and _depth(obj) > NESTING_LIMIT:
-        raise PayloadError(_too_deep())
+        raise PayloadError(_too_deep(what))
     if _NUL.search(text):
-        # jsonb cannot store U+0000; the INSERT would fail inside the caller's transaction.
-        raise PayloadError("job args contain a NUL character (\\u0000), which jsonb cannot store")
+        # jsonb cannot store U+0000; the statement would fail (inside the caller's transaction).
+        raise PayloadError(f"{what}: contains a NUL character (\\u0000), which jsonb cannot store")
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
         # A lone surrogate ("\ud800") is not valid UTF-8: psycopg could not send it.
-        raise PayloadError("job args contain a lone surrogate, which is not valid UTF-8") from None
+        raise PayloadError(f"{what}: contains a lone surrogate, which is not valid UTF-8") from None
     if size > limit:
-        raise PayloadError(f"job args are {size} bytes encoded, over the {limit}-byte limit")
+        raise PayloadError(f"{what}: {size} bytes encoded, over the {limit}-byte limit")
     return text
 
 
-def _too_deep() -> str:
-    return f"job args are nested more than {NESTING_LIMIT} levels deep"
+def _too_deep(what: str) -> str:
+    return f"{what}: nested more than {NESTING_LIMIT} levels deep"
 
 
-def _depth(obj: dict[str, Any]) -> int:
+def _depth(obj: Any) -> int:
     """How deep dicts and lists nest in ``obj``, without recursion (it may be deep)."""
     deepest = 0
-    stack: list[tuple[Container, int]] = [(obj, 1)]
+    stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack and deepest <= NESTING_LIMIT:
         value, level = stack.pop()
+        if not isinstance(value, (dict, list, tuple)):
+            continue
         deepest = max(deepest, level)
         children = value.values() if isinstance(value, dict) else value
         stack.extend((child, level + 1) for child in children

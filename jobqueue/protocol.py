@@ -32,6 +32,22 @@ def control_channel(schema: str) -> str:
     return f"jobqueue.{schema}.control"
 
 
+def outcome_channel(schema: str) -> str:
+    """Where the statements that finish jobs somebody waits for (app.result) say so:
+    the payload is their ids, comma-separated."""
+    return f"jobqueue.{schema}.outcome"
+
+
+def progress_channel(schema: str) -> str:
+    """Where progress of awaited jobs is announced; the payload as for outcomes."""
+    return f"jobqueue.{schema}.progress"
+
+
+def parse_ids(payload: str) -> set[int]:
+    """The job ids of an outcome or progress notification."""
+    return {int(part) for part in payload.split(",") if part.isdigit()}
+
+
 def probe_channel(schema: str, worker_id: str) -> str:
     """A channel only this worker listens on, so its LISTEN probes never wake the fleet.
 

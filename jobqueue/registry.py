@@ -10,9 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from jobqueue.config import (
+    DEFAULT_HISTORY,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PAYLOAD_LIMIT,
     DEFAULT_PRIORITY,
@@ -42,6 +44,20 @@ def task_name(ref: TaskRef) -> str:
     raise TypeError(f"not a task: {ref!r}")
 
 
+def history_seconds(history: timedelta | bool | float | None, default: float) -> float:
+    """Retention in seconds: a timedelta (or seconds), False for none, None or True
+    for ``default``."""
+    if history is None or history is True:
+        return default
+    if history is False:
+        return 0.0
+    if isinstance(history, timedelta):
+        return history.total_seconds()
+    if isinstance(history, (int, float)):
+        return float(history)
+    raise TypeError(f"history must be a timedelta or False, got {history!r}")
+
+
 @dataclass(frozen=True)
 class Attempts:
     """A worker's max_attempts for the jobs enqueued without one: per task where
@@ -59,6 +75,8 @@ class Registry:
     default_max_attempts: int = DEFAULT_MAX_ATTEMPTS
     default_retry: Retry = field(default_factory=Retry)
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    #: Seconds succeeded jobs stay in history unless their task says; 0 keeps none.
+    default_history: float = DEFAULT_HISTORY
     tasks: dict[str, Task] = field(default_factory=dict)
     schedules: dict[str, Schedule] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -72,7 +90,10 @@ class Registry:
             priority=check_priority(options.get("priority", DEFAULT_PRIORITY)),
             max_attempts=_given(options.get("max_attempts"), self.default_max_attempts),
             timeout=options.get("timeout"), retry=retry or self.default_retry,
-            pass_context=options.get("pass_context", False)))
+            pass_context=options.get("pass_context", False),
+            keep=history_seconds(options.get("history"), self.default_history),
+            result=options.get("result", True),
+            transactional=options.get("transactional", False)))
 
     def add_task(self, task: Task) -> Task:
         with self._lock:

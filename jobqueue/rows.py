@@ -196,6 +196,150 @@ class ReplayedRow:
     last_id: int | None
 
 
+# -- results and history -----------------------------------------------------------------
+
+#: The states of a job, as JobInfo.state says them.
+JOB_STATES = ("queued", "scheduled", "running", "succeeded", "dead", "cancelled")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a handler last reported with ``ctx.progress``."""
+
+    done: float
+    total: float | None
+    note: str | None
+    at: datetime
+
+    @classmethod
+    def of(cls, value: dict[str, Any] | None) -> Progress | None:
+        if not value:
+            return None
+        return cls(done=value.get("done", 0), total=value.get("total"), note=value.get("note"),
+                   at=datetime.fromtimestamp(float(value.get("at") or 0), timezone.utc))
+
+    @property
+    def fraction(self) -> float | None:
+        return self.done / self.total if self.total else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "total": self.total, "note": self.note,
+                "at": _iso(self.at), "fraction": self.fraction}
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job wherever it is now (``app.job(id)``): live, dead or in history.
+
+    ``state`` is one of :data:`JOB_STATES`. ``errors`` holds every failed
+    attempt (the shape of :class:`jobqueue.outcome.ErrorEntry`); ``result`` is
+    the handler's return value once it succeeded; ``reason`` why it is dead.
+    """
+
+    id: int
+    task: str
+    queue: str
+    state: str
+    args: dict[str, Any]
+    attempts: int
+    max_attempts: int | None
+    priority: int
+    errors: list[dict[str, Any]]
+    result: Any
+    progress: dict[str, Any] | None
+    correlation_id: str | None
+    created_at: datetime
+    run_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    reason: str | None
+    replayed_as: int | None
+    expires_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "dead", "cancelled")
+
+    @property
+    def last_error(self) -> str | None:
+        if not self.errors:
+            return None
+        last = self.errors[-1]
+        return f"{last.get('type')}: {last.get('message')}"
+
+    @property
+    def report(self) -> Progress | None:
+        """The progress as a value (``progress`` is the stored dict)."""
+        return Progress.of(self.progress)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("created_at", "run_at", "started_at", "finished_at", "expires_at"):
+            out[key] = _iso(out[key])
+        out["progress"] = None if self.report is None else self.report.as_dict()
+        out["duration"] = self.duration
+        return out
+
+
+@dataclass(frozen=True)
+class RunningJob:
+    """A job running now, as ``stats`` (and the dashboard) list them."""
+
+    id: int
+    task: str
+    queue: str
+    worker: str
+    attempts: int
+    started_at: datetime | None
+    progress: dict[str, Any] | None
+
+    @property
+    def report(self) -> Progress | None:
+        return Progress.of(self.progress)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["started_at"] = _iso(self.started_at)
+        out["progress"] = None if self.report is None else self.report.as_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One succeeded job, as ``jobqueue history list`` shows it."""
+
+    id: int
+    task: str
+    queue: str
+    attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime
+    has_result: bool
+    correlation_id: str | None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("created_at", "started_at", "finished_at"):
+            out[key] = _iso(out[key])
+        out["duration"] = self.duration
+        return out
+
+
 # -- cron --------------------------------------------------------------------------------
 
 

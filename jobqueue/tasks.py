@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
 from typing import Any, TypedDict
 
@@ -113,11 +116,41 @@ class TaskOptions(TypedDict, total=False):
     retry: Retry | None
     #: Call the handler with a :class:`JobContext` first.
     pass_context: bool
+    #: How long its succeeded jobs stay in history (default: the app's);
+    #: ``False`` keeps none (``app.job`` then raises JobNotFound once it succeeded).
+    history: timedelta | bool | None
+    #: Keep the handler's return value as the job's result (default True).
+    result: bool
+    #: Run the handler in a transaction (``ctx.conn``) that commits with its ack.
+    transactional: bool
+
+
+NOTE_LIMIT = 500
+
+
+def progress_json(done: float, total: float | None, note: str | None) -> str:
+    """``ctx.progress`` arguments as the JSON stored on the job; ValueError if bad."""
+    for name, value in (("done", done), ("total", total)):
+        if value is None and name == "total":
+            continue
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not math.isfinite(value)):
+            raise ValueError(f"progress {name} must be a finite number, got {value!r}")
+    if note is not None and not isinstance(note, str):
+        raise ValueError(f"progress note must be a string, got {type(note).__name__}")
+    return json.dumps({"done": done, "total": total,
+                       "note": None if note is None else note.replace("\x00", "")[:NOTE_LIMIT],
+                       "at": time.time()}, separators=(",", ":"))
 
 
 @dataclass
 class JobContext:
-    """What a handler knows about the job it runs (``@app.task(pass_context=True)``)."""
+    """What a handler knows about the job it runs (``@app.task(pass_context=True)``).
+
+    ``conn`` is set for a transactional task: a psycopg connection (an
+    ``AsyncConnection`` for async handlers) in the transaction that the worker
+    commits together with the job's ack; never commit or roll it back yourself.
+    """
 
     id: int
     task: str
@@ -125,12 +158,52 @@ class JobContext:
     attempt: int
     max_attempts: int
     worker_id: str
+    conn: Any = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    #: The last progress reported, as stored (JSON text), or None.
+    last_progress: str | None = field(default=None, repr=False)
+    _on_progress: Callable[[JobContext], None] | None = field(default=None, repr=False)
+    #: Binds SQLAlchemy sessions to ``conn`` (set for transactional tasks).
+    _orm: Any = field(default=None, repr=False)
+    #: What closes those sessions, before the connection goes back to its pool.
+    _closers: list[Callable[[], Any]] = field(default_factory=list, repr=False)
 
     @property
     def cancelled(self) -> bool:
         """True once the worker asks this job to stop (shutdown past its grace)."""
         return self._cancel.is_set()
+
+    def session(self) -> Any:
+        """A SQLAlchemy ``Session`` on ``conn``, for a sync transactional task.
+
+        Its ``commit()`` only releases a savepoint: what it writes commits with
+        the job's ack, or rolls back with the attempt. No need to close it.
+        """
+        if self._orm is None or self.conn is None:
+            raise RuntimeError("ctx.session() needs a task declared with transactional=True")
+        session, close = self._orm.bind(self.conn)
+        self._closers.append(close)
+        return session
+
+    async def async_session(self) -> Any:
+        """:meth:`session` for an async transactional task: an ``AsyncSession``."""
+        if self._orm is None or self.conn is None:
+            raise RuntimeError("ctx.async_session() needs a task declared with "
+                               "transactional=True")
+        session, close = await self._orm.abind(self.conn)
+        self._closers.append(close)
+        return session
+
+    def progress(self, done: float, total: float | None = None, note: str | None = None) -> None:
+        """Report how far the job is (``done`` of ``total``, with an optional note).
+
+        Cheap to call as often as you like, from sync and async handlers: the
+        worker writes the latest value at most a few times a second, and with
+        the job's outcome.
+        """
+        self.last_progress = progress_json(done, total, note)
+        if self._on_progress is not None:
+            self._on_progress(self)
 
 
 @dataclass
@@ -145,12 +218,18 @@ class Task:
     timeout: float | None = None
     retry: Retry = field(default_factory=Retry)
     pass_context: bool = False
+    #: Seconds its succeeded jobs stay in history; 0 keeps none.
+    keep: float = 0.0
+    result: bool = True
+    transactional: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"task {self.name!r}: max_attempts must be >= 1")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"task {self.name!r}: timeout must be > 0 seconds")
+        if self.keep < 0:
+            raise ValueError(f"task {self.name!r}: history must be >= 0")
         self.is_async = inspect.iscoroutinefunction(self.fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

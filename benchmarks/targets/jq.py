@@ -19,6 +19,8 @@ The drain also runs jobqueue at its defaults (``defaults=True``): a
 
 from __future__ import annotations
 
+import asyncio
+import statistics
 import threading
 import time
 from typing import Any
@@ -42,10 +44,17 @@ def worker_defaults() -> tuple[int, int]:
     return config.concurrency, config.batch_size
 
 
-def build_app(dsn: str, schema: str, probe: Any = None) -> Any:
+def build_app(dsn: str, schema: str, probe: Any = None, history: bool = True) -> Any:
     from jobqueue import JobQueue
 
-    app = JobQueue(dsn, schema=schema)
+    # history=True: the default retention (a week), each success a job_history row.
+    app = JobQueue(dsn, schema=schema, history=None if history else False)
+
+    @app.task(name="pause")
+    async def pause(seq: int, seconds: float) -> int:
+        # The result scenario's job: long enough that its waiter is waiting first.
+        await asyncio.sleep(seconds)
+        return seq
 
     @app.task(name="noop_async")
     async def noop_async(seq: int) -> None:
@@ -65,10 +74,12 @@ class JobQueueTarget(Target):
     worker_module = "benchmarks.targets.jq"
 
     def __init__(self, dsn: str, variant: str = "async", concurrency: int = 200,
-                 batch_size: int = 100, defaults: bool = False) -> None:
+                 batch_size: int = 100, defaults: bool = False, history: bool = True) -> None:
         super().__init__(dsn, variant or "async")
         self.concurrency = concurrency
         self.batch_size = batch_size
+        # False: JobQueue(history=False), successes only deleted (the drain's baseline).
+        self.history = history
         # The worker at its defaults: concurrency and batch_size left out of its config.
         self.defaults = defaults
         self.schema = ""
@@ -81,7 +92,11 @@ class JobQueueTarget(Target):
     def label(self, scenario: str) -> str:
         if scenario in ("drain", "latency", "soak"):
             kind = "jobqueue defaults" if self.defaults else "jobqueue"
+            if not self.history:
+                kind += ", history off"
             return f"{kind} ({self.variant} handler)"
+        if scenario == "result":
+            return "jobqueue: app.result()"
         if scenario == "enqueue-one":
             return "jobqueue: enqueue() without conn"
         return "jobqueue"
@@ -94,8 +109,13 @@ class JobQueueTarget(Target):
                 return (f"WorkerConfig() defaults, as `jobqueue worker` without tuning flags "
                         f"(concurrency {concurrency}, batch_size {batch_size}), {handler} "
                         "handler")
+            history = ("history=False: successes deleted, none kept" if not self.history
+                       else "history on (the default: a row per success, kept a week)")
             return (f"Worker concurrency {self.concurrency}, batch_size {self.batch_size}, "
-                    f"{handler} handler")
+                    f"{handler} handler, {history}")
+        if scenario == "result":
+            return ("app.result(id) waiting on a 50 ms job, one at a time; wake-up = its "
+                    "return minus the ack statement's time (job_history.finished_at)")
         if scenario == "bulk":
             return "enqueue_many(conn=psycopg conn), one transaction per batch"
         if scenario == "enqueue-one":
@@ -107,7 +127,7 @@ class JobQueueTarget(Target):
 
     def setup(self) -> None:
         self.schema = fresh_schema(self.dsn)
-        self.app = build_app(self.dsn, self.schema)
+        self.app = build_app(self.dsn, self.schema, history=self.history)
 
     def teardown(self) -> None:
         if self.app is not None:
@@ -212,13 +232,29 @@ class JobQueueTarget(Target):
                 self.enqueued += per_tick
         return self.enqueued
 
+    def result_wakeups(self, n: int, seconds: float, timeout: float) -> dict[str, float]:
+        """``n`` jobs of ``seconds`` each, one at a time, awaited with app.result():
+        milliseconds from the ack's statement to result() returning (median, p90, max)."""
+        wakes = []
+        for seq in range(n):
+            job_id = self.app.enqueue("pause", {"seq": seq, "seconds": seconds})
+            if self.app.result(job_id, timeout=timeout) != seq:
+                raise RuntimeError(f"job {job_id}: wrong result")
+            returned = time.time()
+            finished = self.app.job(job_id).finished_at
+            wakes.append((returned - finished.timestamp()) * 1000)
+        wakes.sort()
+        return {"p50_ms": round(statistics.median(wakes), 2),
+                "p90_ms": round(wakes[int(0.9 * (len(wakes) - 1))], 2),
+                "max_ms": round(wakes[-1], 2)}
+
     # -- the worker ----------------------------------------------------------------------
 
     def worker_spec(self, scenario: str, mode: str, record_starts: bool = False) -> dict[str, Any]:
         tuning = {} if self.defaults else {"concurrency": self.concurrency,
                                            "batch_size": self.batch_size}
         return {"dsn": self.dsn, "schema": self.schema, "mode": mode, "tuning": tuning,
-                "record_starts": record_starts}
+                "record_starts": record_starts, "history": self.history}
 
 
 def work(spec: dict[str, Any], probe: Any) -> dict[str, Any]:
@@ -226,7 +262,7 @@ def work(spec: dict[str, Any], probe: Any) -> dict[str, Any]:
     from jobqueue.worker import WorkerConfig
 
     configure(level="warning", force=True)
-    app = build_app(spec["dsn"], spec["schema"], probe)
+    app = build_app(spec["dsn"], spec["schema"], probe, spec.get("history", True))
     # No tuning: the worker's own defaults, as `jobqueue worker` without flags.
     worker = app.worker(WorkerConfig(queues=("default",), burst=spec["mode"] == "burst",
                                      handle_signals=False, **spec["tuning"]))

@@ -20,6 +20,7 @@ from jobqueue.cli import (
     doctor,
     embedded,
     enqueue,
+    jobs,
     migrate,
     stats,
     worker,
@@ -38,6 +39,8 @@ for module in (migrate, worker, enqueue, stats, control, doctor, demo):
 app.add_typer(cron.app, name="cron")
 app.add_typer(dead.app, name="dead")
 app.add_typer(embedded.app, name="embedded")
+app.add_typer(jobs.job_app, name="job")
+app.add_typer(jobs.history_app, name="history")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,11 +25,16 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[list[str] | None, typer.Option(
             "--grant-worker", metavar="ROLE",
             help="Also grant an existing ROLE what a worker needs (repeatable).")] = None,
+        readers: Annotated[list[str] | None, typer.Option(
+            "--grant-results", metavar="ROLE",
+            help="Also grant an existing ROLE what app.job() and app.result() need: reading "
+                 "jobs, dead jobs and history (repeatable).")] = None,
     ) -> None:
         """Create or upgrade the jobqueue tables (idempotent), and grant roles their rights."""
         queue = plain_app(dsn, schema)
-        grants = [("producer", r) for r in producers or []] + [("worker", r)
-                                                               for r in workers or []]
+        grants = ([("producer", r) for r in producers or []]
+                  + [("worker", r) for r in workers or []]
+                  + [("results", r) for r in readers or []])
         if sql:
             typer.echo(migrations.sql_script(queue.schema))
             if grants:
@@ -40,5 +45,5 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"schema {queue.schema!r} is at revision {migrations.head_revision()} "
                    f"({where})")
         for kind, role in grants:
-            queue.grant(role, worker=kind == "worker")
+            queue.grant(role, kind=kind)
             typer.echo(f"granted {kind} rights on schema {queue.schema!r} to {role}")

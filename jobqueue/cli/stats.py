@@ -16,19 +16,36 @@ from jobqueue.app import JobQueue
 from jobqueue.cli.options import Dsn, Json, Schema, plain_app
 from jobqueue.cli.output import age, emit_json, table
 from jobqueue.errors import DatabaseError
-from jobqueue.rows import QueueOverview
+from jobqueue.rows import Progress, QueueOverview, RunningJob
 
 HEADERS = ["queue", "ready", "scheduled", "running", "dead", "oldest ready", "jobs/s", "paused"]
 # Clear the screen and go home: a refreshing table, like top or watch(1).
 CLEAR = "\x1b[H\x1b[2J"
 
 
-def render(rows: list[QueueOverview]) -> str:
+#: Running jobs that report progress, listed under the table at most.
+PROGRESS_ROWS = 10
+
+
+def render(rows: list[QueueOverview], running: list[RunningJob] | None = None) -> str:
     if not rows:
         return "no jobs: every queue is empty"
-    return table(HEADERS, [
+    text = table(HEADERS, [
         [r.queue, r.queued, r.scheduled, r.running, r.dead, age(r.oldest_age),
          f"{r.per_second:.1f}", "yes" if r.paused else "no"] for r in rows])
+    reporting = [(job, job.report) for job in running or [] if job.report is not None]
+    if reporting:
+        text += "\n\nrunning, with progress:\n" + table(
+            ["job", "task", "queue", "progress", "note", "worker"],
+            [[job.id, job.task, job.queue, _progress(p), p.note, job.worker]
+             for job, p in reporting[:PROGRESS_ROWS]])
+    return text
+
+
+def _progress(p: Progress) -> str:
+    if p.total:
+        return f"{p.done:g}/{p.total:g} ({100 * p.done / p.total:.0f}%)"
+    return f"{p.done:g}"
 
 
 def read(jq: JobQueue, conn: psycopg.Connection[Any]) -> list[QueueOverview]:
@@ -56,10 +73,11 @@ def register(app: typer.Typer) -> None:
         if not watch:
             with jq.connect() as conn:
                 rows = read(jq, conn)
+                running = [] if as_json else jq.running(limit=100, conn=conn)
             if as_json:
                 emit_json([r.as_dict() for r in rows])
             else:
-                typer.echo(render(rows))
+                typer.echo(render(rows, running))
             return
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
             _watch(jq, as_json, interval, count)

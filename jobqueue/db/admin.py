@@ -84,7 +84,10 @@ def stored_schedules() -> Op:
 #: The statements that grant each kind of role what it needs, in order.
 GRANTS = {
     "producer": ("grant_schema_usage", "grant_producer", "grant_job_ids"),
-    "worker": ("grant_schema_usage", "grant_worker", "grant_worker_reads", "grant_job_ids"),
+    # Reading outcomes (app.job, app.result) sees args and results: a right of its own.
+    "results": ("grant_schema_usage", "grant_results"),
+    "worker": ("grant_schema_usage", "grant_worker", "grant_worker_reads", "grant_job_ids",
+               "grant_worker_history"),
 }
 
 

@@ -9,6 +9,8 @@ is inside the transaction SQLAlchemy began.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -77,3 +79,78 @@ async def async_connection(conn: Any) -> psycopg.AsyncConnection[Any]:
             return raw
         raise _unsupported(raw, _ASYNC_KINDS + " - use a postgresql+psycopg:// URL")
     raise _unsupported(conn, _ASYNC_KINDS)
+
+
+# -- the other way round: SQLAlchemy sessions over a transactional job's connection ----------
+
+# The connection the engines below hand out while a session is being bound.
+_lent: ContextVar[Any] = ContextVar("jobqueue_lent_connection")
+
+
+def _keep(dbapi_connection: Any) -> None:
+    """The engines' ``do_close``: the connection is the job's, SQLAlchemy never closes it."""
+
+
+async def _lent_async() -> Any:
+    return _lent.get()
+
+
+class OrmSessions:
+    """SQLAlchemy Sessions bound to a transactional job's psycopg connection.
+
+    Each session joins the job's transaction in ``create_savepoint`` mode, so
+    its ``commit()`` only releases a savepoint: the job's transaction commits
+    with the ack or not at all. One engine per face serves every job: its
+    creator returns the job's own connection, its pool never resets or closes
+    it. The returned closer must run before the connection goes back to its pool.
+    """
+
+    def __init__(self) -> None:
+        self._sync: Any = None
+        self._async: Any = None
+
+    def bind(self, conn: psycopg.Connection[Any]) -> tuple[Any, Callable[[], None]]:
+        from sqlalchemy import create_engine
+        from sqlalchemy.orm import Session
+        from sqlalchemy.pool import NullPool
+
+        if self._sync is None:
+            engine = create_engine("postgresql+psycopg://", creator=_lent.get, poolclass=NullPool,
+                                   pool_reset_on_return=None)
+            engine.dialect.do_close = _keep  # type: ignore[method-assign]
+            self._sync = engine
+        token = _lent.set(conn)
+        try:
+            sa = self._sync.connect()
+        finally:
+            _lent.reset(token)
+        sa.begin()
+        session = Session(bind=sa, join_transaction_mode="create_savepoint")
+
+        def close() -> None:
+            session.close()
+            sa.close()
+        return session, close
+
+    async def abind(self, conn: psycopg.AsyncConnection[Any],
+                    ) -> tuple[Any, Callable[[], Awaitable[None]]]:
+        from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+        from sqlalchemy.pool import NullPool
+
+        if self._async is None:
+            engine = create_async_engine("postgresql+psycopg://", async_creator=_lent_async,
+                                         poolclass=NullPool, pool_reset_on_return=None)
+            engine.sync_engine.dialect.do_close = _keep  # type: ignore[method-assign]
+            self._async = engine
+        token = _lent.set(conn)
+        try:
+            sa = await self._async.connect()
+        finally:
+            _lent.reset(token)
+        await sa.begin()
+        session = AsyncSession(bind=sa, join_transaction_mode="create_savepoint")
+
+        async def close() -> None:
+            await session.close()
+            await sa.close()
+        return session, close

@@ -45,10 +45,6 @@ def set_session(worker_id: str) -> Op:
     return run("set_worker_session", {"worker_id": worker_id})
 
 
-def listen(channel: str) -> Op:
-    return Op("listen", idents=(("channel", channel),))
-
-
 def notify(channel: str, message: str) -> Op:
     return run("notify", {"channel": channel, "message": message})
 
@@ -87,10 +83,12 @@ class Rescue:
     reaped: list[str] = field(default_factory=list)
     dead: int = 0
     requeued: list[RescuedJob] = field(default_factory=list)
+    #: History partitions dropped this round (retention).
+    dropped: int = 0
 
 
 def maintenance_round(key: int, worker_timeout: float, session_grace: float,
-                      channel: str, prune: bool) -> Procedure[Rescue]:
+                      channel: str, awaited_channel: str, prune: bool) -> Procedure[Rescue]:
     """One round of the maintenance leader; run it in a transaction.
 
     Reaps workers that stopped heartbeating (or whose session Postgres shows as
@@ -102,16 +100,20 @@ def maintenance_round(key: int, worker_timeout: float, session_grace: float,
         return Rescue(led=False)
     reaped: list[Any] = yield rows("reap_workers", {
         "worker_timeout": worker_timeout, "session_grace": session_grace}, _ReapedWorker)
-    lost = {"error_type": WORKER_LOST[0], "error_message": WORKER_LOST[1]}
+    lost = {"error_type": WORKER_LOST[0], "error_message": WORKER_LOST[1],
+            "awaited_channel": awaited_channel}
     dead: list[JobId] = yield rows("rescue_dead", lost, JobId)
     requeued: list[RescuedJob] = yield rows("rescue_requeue", lost, RescuedJob)
     for queue in sorted({r.queue for r in requeued}):
         yield notify(channel, queue)  # wake idle workers now rather than at their next poll
     yield run("sweep_locks")
+    dropped = 0
     if prune:
         # Outcome counters: only the last minute is read (stats, metrics).
         yield run("prune_job_counts", {"keep": 3600.0})
-    return Rescue(True, [w.id for w in reaped], len(dead), requeued)
+        # History: the next days' partitions made, expired days dropped.
+        dropped = yield scalar("maintain_history")
+    return Rescue(True, [w.id for w in reaped], len(dead), requeued, dropped)
 
 
 @dataclass(frozen=True, slots=True)

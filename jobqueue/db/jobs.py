@@ -26,7 +26,7 @@ from jobqueue.db.statement import (
     scalar,
 )
 from jobqueue.enqueue import JobBatch
-from jobqueue.errors import DatabaseError, DuplicateJobError
+from jobqueue.errors import DatabaseError, DuplicateJobError, LeaseLostError
 from jobqueue.outcome import CANCELLED_QUEUED, Kind, Outcome
 from jobqueue.protocol import cancel_message
 from jobqueue.registry import Attempts
@@ -252,8 +252,26 @@ def tally(outcomes: Sequence[Outcome]) -> Tally:
     return counts
 
 
+def succeed(ok: Sequence[Outcome], worker_id: str, awaited_channel: str) -> Op:
+    """The ack of successes: out of jobs, into history (see ack_succeeded)."""
+    return rows("ack_succeeded", {
+        "ids": [o.job.id for o in ok], "attempts": [o.job.attempts for o in ok],
+        "keeps": [o.keep for o in ok], "results": [o.result for o in ok],
+        "progress": [o.progress for o in ok], "worker_id": worker_id,
+        "awaited_channel": awaited_channel}, JobId)
+
+
+def commit_success(outcome: Outcome, worker_id: str, awaited_channel: str) -> Procedure[None]:
+    """A transactional handler's ack, inside its transaction: LeaseLostError when the
+    attempt no longer owns the job, so that the caller rolls everything back."""
+    acked: list[JobId] = yield succeed([outcome], worker_id, awaited_channel)
+    if not acked:
+        raise LeaseLostError(f"job {outcome.job.id}: attempt {outcome.job.attempts} no longer "
+                             "holds the job's lease; its transaction is rolled back")
+
+
 def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
-           worker_id: str) -> Procedure[Recorded]:
+           worker_id: str, awaited_channel: str) -> Procedure[Recorded]:
     """Persist a batch of outcomes in one round trip (the completer's flush).
 
     One DELETE for every success, one UPDATE for every retry, one DELETE-INSERT
@@ -262,15 +280,19 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
     written is counted, and that is known once a flush returns). Each statement
     is guarded by ``locked_by`` on its own, so a flush sent twice changes nothing
     the second time, and an outcome whose statement changed no row was not this
-    worker's to write: it is ``lost``.
+    worker's to write: it is ``lost``. Successes ``committed`` with a
+    transactional handler are written already: counted, not sent.
     """
     by_kind: dict[Kind, list[Outcome]] = {kind: [] for kind in Kind}
+    committed = set()
     for o in outcomes:
-        by_kind[o.kind].append(o)
+        if o.committed:
+            committed.add(o.job.id)
+        else:
+            by_kind[o.kind].append(o)
     ops: list[Op] = []
     if ok := by_kind[Kind.SUCCEEDED]:
-        ops.append(rows("ack_succeeded", {"ids": [o.job.id for o in ok],
-                                          "worker_id": worker_id}, JobId))
+        ops.append(succeed(ok, worker_id, awaited_channel))
     if retries := by_kind[Kind.RETRIED]:
         ops.append(rows("ack_retry", {
             "ids": [o.job.id for o in retries], "attempts": [o.job.attempts for o in retries],
@@ -282,7 +304,7 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
             "ids": [o.job.id for o in dead],
             "reasons": [o.reason.value if o.reason else None for o in dead],
             "errors": [o.error.to_json() if o.error else None for o in dead],
-            "worker_id": worker_id}, JobId))
+            "worker_id": worker_id, "awaited_channel": awaited_channel}, JobId))
     if released := by_kind[Kind.RELEASED]:
         ops.append(rows("release_jobs", {"ids": [o.job.id for o in released],
                                          "worker_id": worker_id}, JobId))
@@ -295,7 +317,7 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
             "queues": queues, "succeeded": [counts[q][0] for q in queues],
             "retried": [counts[q][1] for q in queues], "dead": [counts[q][2] for q in queues]}))
     results: list[Any] = (yield Pipeline(tuple(ops))) if ops else []
-    written = {r.id for result in results[:acks] for r in result}
+    written = committed | {r.id for result in results[:acks] for r in result}
     missing = [o.job.id for o in outcomes if o.job.id not in written]
     if not missing:
         return Recorded(written, {})
@@ -319,6 +341,15 @@ def release_all(worker_id: str) -> Procedure[int]:
     return len(ids)
 
 
+def record_progress(latest: Sequence[tuple[int, int, str]], worker_id: str,
+                    progress_channel: str) -> Op:
+    """Write the latest progress of running attempts ((job id, attempt, JSON) each)."""
+    return run("record_progress", {
+        "ids": [j for j, _, _ in latest], "attempts": [a for _, a, _ in latest],
+        "progress": [p for _, _, p in latest], "worker_id": worker_id,
+        "awaited_channel": progress_channel})
+
+
 def extend_leases(ids: list[int], worker_id: str, lease: float) -> Op:
     return rows("heartbeat_jobs", {"ids": ids, "worker_id": worker_id, "lease": lease}, HeldJob)
 
@@ -331,17 +362,17 @@ def is_live(job_id: int) -> Op:
 # -- cancel --------------------------------------------------------------------------------
 
 
-def cancel(job_id: int, control: str) -> Procedure[str]:
+def cancel(job_id: int, control: str, awaited_channel: str) -> Procedure[str]:
     """``cancelled`` (queued: now dead, reason cancelled), ``cancelling`` (running:
     its worker is told), or ``not_found``; one transaction."""
-    outcome: str = yield Transaction(_cancel(job_id, control))
+    outcome: str = yield Transaction(_cancel(job_id, control, awaited_channel))
     return outcome
 
 
-def _cancel(job_id: int, control: str) -> Procedure[str]:
+def _cancel(job_id: int, control: str, awaited_channel: str) -> Procedure[str]:
     kind, message = CANCELLED_QUEUED
-    if (yield scalar("cancel_queued", {"id": job_id, "error_type": kind,
-                                       "error_message": message})) is not None:
+    if (yield scalar("cancel_queued", {"id": job_id, "error_type": kind, "error_message": message,
+                                       "awaited_channel": awaited_channel})) is not None:
         return "cancelled"
     if (yield rows("cancel_running", {"id": job_id}, JobId)):
         yield run("notify", {"channel": control, "message": cancel_message(job_id)})

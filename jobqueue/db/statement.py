@@ -88,6 +88,11 @@ def run(name: str, params: Mapping[str, Any] | None = None) -> Op:
     return Op(name, params)
 
 
+def listen(channel: str) -> Op:
+    """LISTEN on ``channel`` (an identifier, not a parameter)."""
+    return Op("listen", idents=(("channel", channel),))
+
+
 def rows(name: str, params: Mapping[str, Any] | None, row: type[Any]) -> Op:
     return Op(name, params, Fetch.ALL, row)
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import select
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -37,6 +37,7 @@ from jobqueue.db.statement import (
     Procedure,
     Step,
     Transaction,
+    listen,
     scalar,
     single,
 )
@@ -51,8 +52,8 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-GRANT_HINT = ("`jobqueue migrate --grant-producer ROLE` (enqueue) or `--grant-worker ROLE` "
-              "grants what jobqueue needs")
+GRANT_HINT = ("`jobqueue migrate --grant-producer ROLE` (enqueue), `--grant-worker ROLE` or "
+              "`--grant-results ROLE` (app.job, app.result) grants what jobqueue needs")
 
 
 def database_error(exc: psycopg.Error) -> DatabaseError:
@@ -347,10 +348,53 @@ class Store(_Base):
             return _step_sync(conn, self.schema, work, self._prepare)  # no procedure to drive
         return run_sync(conn, self.schema, self._probed(as_procedure(work)), self._prepare)
 
-    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        """A new, unpooled connection (the caller closes it)."""
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool for a transaction that :meth:`commit` ends; rolled
+        back if the block ends without it (a transactional handler's connection).
+
+        What the block raises is not translated: it is the handler's.
+        """
         with self.errors():
-            return psycopg.connect(self.dsn, **{**session_kwargs(self.settings), **kwargs})
+            pool = self.pool()
+            conn = pool.getconn()
+        try:
+            yield conn
+        finally:
+            _end(conn)
+            pool.putconn(conn)
+
+    def commit(self, conn: psycopg.Connection[Any], work: Procedure[T]) -> T:
+        """Run ``work`` on a borrowed connection and commit it all."""
+        with self.errors():
+            value = run_sync(conn, self.schema, work, self._prepare)
+            conn.commit()
+        return value
+
+    def connect(self, dsn: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A new, unpooled connection, to ``dsn`` if given (the caller closes it)."""
+        with self.errors():
+            return psycopg.connect(dsn or self.dsn, **{**session_kwargs(self.settings), **kwargs})
+
+    @contextlib.contextmanager
+    def listening(self, channels: list[str],
+                  ) -> Iterator[Callable[[float], list[tuple[str, str]]]]:
+        """LISTEN on ``channels`` (a session of its own, the listen DSN if set): yields
+        ``wait(seconds)``, the (channel, payload) of what arrived within that time (at
+        least one, unless the time ran out)."""
+        conn = self.connect(self.settings.listen_dsn, autocommit=True)
+        try:
+            with self.errors():
+                for channel in channels:
+                    _step_sync(conn, self.schema, listen(channel))
+
+            def wait(seconds: float) -> list[tuple[str, str]]:
+                with self.errors():
+                    return [(n.channel, n.payload)
+                            for n in conn.notifies(timeout=max(0.0, seconds), stop_after=1)]
+            yield wait
+        finally:
+            conn.close()
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -411,6 +455,44 @@ class AsyncStore(_Base):
         return await run_async(conn, self.schema, self._probed(as_procedure(work)),
                                self._prepare)
 
+    @contextlib.asynccontextmanager
+    async def borrow(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """:meth:`Store.borrow`, async."""
+        with self.errors():
+            pool = await self.pool()
+            conn = await pool.getconn()
+        try:
+            yield conn
+        finally:
+            await _aend(conn)
+            await pool.putconn(conn)
+
+    async def commit(self, conn: psycopg.AsyncConnection[Any], work: Procedure[T]) -> T:
+        """:meth:`Store.commit`, async."""
+        with self.errors():
+            value = await run_async(conn, self.schema, work, self._prepare)
+            await conn.commit()
+        return value
+
+    @contextlib.asynccontextmanager
+    async def listening(self, channels: list[str],
+                        ) -> AsyncIterator[Callable[[float], Awaitable[list[tuple[str, str]]]]]:
+        """:meth:`Store.listening`, async."""
+        conn = await self.connect(self.settings.listen_dsn, autocommit=True)
+        try:
+            with self.errors():
+                for channel in channels:
+                    await _step_async(conn, self.schema, listen(channel))
+
+            async def wait(seconds: float) -> list[tuple[str, str]]:
+                with self.errors():
+                    return [(n.channel, n.payload)
+                            async for n in conn.notifies(timeout=max(0.0, seconds),
+                                                         stop_after=1)]
+            yield wait
+        finally:
+            await conn.close()
+
     async def connect(self, dsn: str | None = None, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
         """A new, unpooled connection, to ``dsn`` if given (the caller closes it)."""
         with self.errors():
@@ -434,6 +516,19 @@ class AsyncStore(_Base):
             self._pool, self._loop = pool, loop
             raise RuntimeError("use `await app.aclose()` inside an event loop")
         loop.run_until_complete(pool.close())
+
+
+def _end(conn: psycopg.Connection[Any]) -> None:
+    """Roll back what a borrowed connection left open (the pool would, with a warning)."""
+    if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+
+
+async def _aend(conn: psycopg.AsyncConnection[Any]) -> None:
+    if not conn.closed and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        with contextlib.suppress(psycopg.Error):
+            await conn.rollback()
 
 
 def as_procedure(work: Op | Procedure[T]) -> Procedure[Any]:

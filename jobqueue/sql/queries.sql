@@ -104,11 +104,41 @@ CROSS JOIN LATERAL (
 ) AS head;
 
 -- name: ack_succeeded
--- The locked_by guard: only the worker holding a job's lease may finish it.
--- A worker that lost its lease (rescued as crashed) changes nothing.
-DELETE FROM {schema}.jobs
-WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(worker_id)s
-RETURNING id;
+-- Success, in one statement: the job leaves jobs and, unless its task keeps no
+-- history (keep 0), enters job_history with its result, so a job is never in
+-- neither table nor in both. Guarded by the lease holder and the attempt: a
+-- worker that lost its lease (rescued, claimed again elsewhere) changes
+-- nothing, and a transactional handler's transaction then rolls back.
+WITH done AS (
+    DELETE FROM {schema}.jobs AS j
+    USING unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(keeps)s::float8[],
+                 %(results)s::jsonb[], %(progress)s::jsonb[])
+          AS u(id, attempt, keep, new_result, last_progress)
+    WHERE j.id = u.id AND j.locked_by = %(worker_id)s AND j.attempts = u.attempt
+    RETURNING j.*, u.keep, u.new_result, u.last_progress
+), kept AS (
+    INSERT INTO {schema}.job_history (id, queue, task, args, result, attempts, max_attempts,
+                                      priority, errors, progress, correlation_id, replay_of,
+                                      cron_name, worker, created_at, started_at, finished_at,
+                                      expires_at)
+    SELECT id, queue, task, args, new_result, attempts, max_attempts, priority, errors,
+           coalesce(last_progress, progress), correlation_id, replay_of, cron_name,
+           %(worker_id)s, created_at, started_at, statement_timestamp(),
+           statement_timestamp() + make_interval(secs => keep)
+    FROM done WHERE keep > 0
+), {notify_awaited}
+SELECT done.id FROM done CROSS JOIN notified;
+
+-- name: fragment_notify_awaited
+-- The end of every statement that finishes jobs ("done" holds their rows):
+-- one NOTIFY per few hundred finished jobs that somebody waits for (awaited),
+-- their ids in the payload (under Postgres's 8000-byte limit), none otherwise.
+notified AS (
+    SELECT count(pg_notify(%(awaited_channel)s, chunk.ids)) AS n
+    FROM (SELECT string_agg(w.id::text, ',') AS ids
+          FROM (SELECT id, (row_number() OVER ()) / 300 AS part FROM done WHERE awaited) AS w
+          GROUP BY w.part) AS chunk
+)
 
 -- name: ack_retry
 UPDATE {schema}.jobs AS j
@@ -127,19 +157,21 @@ RETURNING j.id;
 -- name: ack_dead
 -- Moving a job to dead_jobs is one statement: the DELETE and the INSERT commit
 -- together or not at all, so a job is never in both tables or in neither.
-WITH gone AS (
+WITH done AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(ids)s::bigint[], %(reasons)s::text[], %(errors)s::jsonb[])
           AS u(id, reason, error)
     WHERE j.id = u.id AND j.locked_by = %(worker_id)s
     RETURNING j.*, u.reason, u.error AS new_error
-)
-INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
-SELECT {dead_columns},
-       CASE WHEN new_error IS NULL THEN errors ELSE errors || jsonb_build_array(new_error) END,
-       reason
-FROM gone
-RETURNING id;
+), dead AS (
+    INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
+    SELECT {dead_columns},
+           CASE WHEN new_error IS NULL THEN errors ELSE errors || jsonb_build_array(new_error) END,
+           reason
+    FROM done
+    RETURNING id
+), {notify_awaited}
+SELECT dead.id FROM dead CROSS JOIN notified;
 
 -- name: job_owners
 -- Who holds these jobs now (for jobs whose outcome this worker could not write).
@@ -229,7 +261,7 @@ RETURNING w.id;
 -- The columns a job takes with it into dead_jobs (besides errors and reason),
 -- listed once for every statement that moves jobs there.
 id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key, cron_name,
-replay_of, created_at, lock_key, correlation_id
+replay_of, created_at, lock_key, correlation_id, started_at, progress
 
 -- name: fragment_error_entry
 -- One element of a job's errors array built in SQL, for a job whose attempt
@@ -243,18 +275,20 @@ jsonb_build_object('at', now(), 'attempt', attempts, 'worker', locked_by,
 -- Jobs of a lost worker count the attempt that crashed; those out of attempts
 -- are dead with reason 'crashed', so a job that kills its worker cannot
 -- crash-loop the fleet.
-WITH gone AS (
+WITH done AS (
     DELETE FROM {schema}.jobs AS j
     WHERE j.state = 'running'
       AND j.attempts >= j.max_attempts
       AND (j.locked_until < now()
            OR NOT EXISTS (SELECT 1 FROM {schema}.workers AS w WHERE w.id = j.locked_by))
     RETURNING j.*
-)
-INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
-SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'crashed'
-FROM gone
-RETURNING id;
+), dead AS (
+    INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
+    SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'crashed'
+    FROM done
+    RETURNING id
+), {notify_awaited}
+SELECT dead.id FROM dead CROSS JOIN notified;
 
 -- name: rescue_requeue
 UPDATE {schema}.jobs AS j
@@ -368,14 +402,16 @@ SELECT pg_advisory_xact_lock(%(key)s);
 -- name: cancel_queued
 -- A queued job is cancelled at once: moved to dead_jobs (reason 'cancelled')
 -- in one statement, so it stays visible for audit and can be replayed.
-WITH gone AS (
+WITH done AS (
     DELETE FROM {schema}.jobs WHERE id = %(id)s AND state = 'queued'
     RETURNING *
-)
-INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
-SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'cancelled'
-FROM gone
-RETURNING id;
+), dead AS (
+    INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
+    SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'cancelled'
+    FROM done
+    RETURNING id
+), {notify_awaited}
+SELECT dead.id FROM dead CROSS JOIN notified;
 
 -- name: cancel_running
 -- A running job is flagged; its worker hears of it by NOTIFY at once, or at
@@ -740,6 +776,8 @@ SET state = 'running',
     attempts = j.attempts + 1,
     locked_by = %(worker_id)s,
     locked_until = now() + make_interval(secs => %(lease)s::float8),
+    started_at = now(),
+    progress = NULL,  -- a new attempt: the last one's progress says nothing of it
     -- An enqueue that left max_attempts unset left it to the worker: the
     -- task's declaration here, else this worker app's default. Written into the
     -- row now, so the retries, the leader's rescue of a crashed attempt and the
@@ -836,6 +874,74 @@ DELETE FROM {schema}.job_locks AS l
 WHERE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
                   WHERE j.id = l.job_id AND j.state = 'running');
 
+-- ==== results, history and progress ====
+
+-- name: record_progress
+-- The worker's throttled write of ctx.progress(): the latest value of each
+-- running attempt, guarded like an ack, announced to those who wait.
+WITH done AS (
+    UPDATE {schema}.jobs AS j SET progress = u.progress
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(progress)s::jsonb[])
+         AS u(id, attempt, progress)
+    WHERE j.id = u.id AND j.locked_by = %(worker_id)s AND j.attempts = u.attempt
+    RETURNING j.id, j.awaited
+), {notify_awaited}
+SELECT n FROM notified;
+
+-- name: mark_awaited
+-- A waiter (app.result) asks to be told when this job finishes. Written only
+-- once per job; a job already gone changes nothing (the waiter then reads
+-- where it went).
+UPDATE {schema}.jobs SET awaited = true WHERE id = %(id)s AND NOT awaited;
+
+-- name: job_info
+-- A job wherever it is: live, dead or in history. One statement has one
+-- snapshot, so a job moving between tables is seen in exactly one of them.
+SELECT id, task, queue,
+       CASE WHEN state = 'running' THEN 'running'
+            WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END AS state,
+       args, attempts, max_attempts, priority, errors, NULL::jsonb AS result, progress,
+       correlation_id, created_at, run_at, started_at, NULL::timestamptz AS finished_at,
+       locked_by AS worker, NULL::text AS reason, NULL::bigint AS replayed_as,
+       NULL::timestamptz AS expires_at
+FROM {schema}.jobs WHERE id = %(id)s
+UNION ALL
+SELECT id, task, queue, 'succeeded', args, attempts, max_attempts, priority, errors, result,
+       progress, correlation_id, created_at, NULL, started_at, finished_at, worker, NULL, NULL,
+       expires_at
+FROM {schema}.job_history WHERE id = %(id)s AND expires_at > now()
+UNION ALL
+SELECT id, task, queue, CASE WHEN reason = 'cancelled' THEN 'cancelled' ELSE 'dead' END,
+       args, attempts, max_attempts, priority, errors, NULL, progress, correlation_id,
+       created_at, run_at, started_at, died_at, errors -> -1 ->> 'worker', reason, replayed_as,
+       NULL
+FROM {schema}.dead_jobs WHERE id = %(id)s
+LIMIT 1;
+
+-- name: history_list
+-- Newest first, by the finished_at index (partitions outside the window pruned).
+SELECT id, task, queue, attempts, worker, created_at, started_at, finished_at,
+       result IS NOT NULL AS has_result, correlation_id
+FROM {schema}.job_history
+WHERE expires_at > now()
+  AND (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s::timestamptz)
+ORDER BY finished_at DESC, id DESC
+LIMIT %(limit)s;
+
+-- name: running_jobs
+-- Running jobs, longest-running first, by the running rows' partial index.
+SELECT id, task, queue, locked_by AS worker, attempts, started_at, progress
+FROM {schema}.jobs
+WHERE state = 'running' AND locked_by IS NOT NULL
+ORDER BY started_at NULLS LAST, id
+LIMIT %(limit)s;
+
+-- name: maintain_history
+-- The leader's history round (see maintain_history in the schema): partitions
+-- made ahead, expired ones dropped.
+SELECT {schema}.maintain_history() AS dropped;
+
 -- name: grant_schema_usage
 -- Least privilege (jobqueue migrate --grant-producer/--grant-worker ROLE):
 -- neither role may create, alter, drop or truncate anything; the schema's
@@ -845,7 +951,8 @@ GRANT USAGE ON SCHEMA {schema} TO {role};
 -- name: grant_producer
 -- Enqueue: insert jobs, and read back what the insert statements return and
 -- what unique_key needs (its conflict target and lookup). No other column of
--- jobs (not the args), and nothing of dead_jobs, workers or cron.
+-- jobs (not the args), and nothing of dead_jobs, workers or cron: reading
+-- outcomes is grant_results.
 GRANT INSERT, SELECT (id, queue, run_at, unique_key) ON {schema}.jobs TO {role};
 
 -- name: grant_job_ids
@@ -863,3 +970,19 @@ GRANT SELECT, INSERT, UPDATE, DELETE
 -- name: grant_worker_reads
 -- Pause and limits are the operator's to set; the schema revision is checked at start.
 GRANT SELECT ON {schema}.queues, {schema}.jobqueue_alembic_version TO {role};
+
+-- name: grant_worker_history
+-- Successes go to history (through the parent table: Postgres checks the
+-- parent's privileges only); partitions are made and dropped by
+-- maintain_history with the rights of its owner, never the worker's.
+GRANT SELECT, INSERT ON {schema}.job_history TO {role};
+GRANT SELECT ON {schema}.history_partitions TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.maintain_history(timestamptz, integer) TO {role};
+
+-- name: grant_results
+-- app.job() and app.result() (jobqueue migrate --grant-results ROLE): read
+-- where a job is, args and results included (so not part of the producer's
+-- rights), and ask to be told when it finishes (the awaited flag, no other
+-- column of jobs).
+GRANT SELECT ON {schema}.jobs, {schema}.dead_jobs, {schema}.job_history TO {role};
+GRANT UPDATE (awaited) ON {schema}.jobs TO {role};

@@ -23,14 +23,19 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from jobqueue.config import DEFAULT_PAYLOAD_LIMIT
+from jobqueue.errors import LeaseLostError, PayloadError, ResultError
 from jobqueue.outcome import DeadReason, ErrorEntry, Kind, Outcome
+from jobqueue.payload import encode_result
 from jobqueue.rows import ClaimedJob
 from jobqueue.tasks import JobContext, Task
 from jobqueue.worker.completer import Completer
 from jobqueue.worker.forked import fork_available, run_forked
 from jobqueue.worker.lifecycle import Lifecycle
+from jobqueue.worker.progress import ProgressWriter
 from jobqueue.worker.state import Running, WorkerState
 from jobqueue.worker.threads import ThreadRunner
+from jobqueue.worker.transactional import Transactions
 
 
 class HandlerTimeoutError(TimeoutError):
@@ -44,12 +49,17 @@ class HandlerTimeoutError(TimeoutError):
 
 class Executor:
     def __init__(self, tasks: Mapping[str, Task], state: WorkerState, completer: Completer,
-                 lifecycle: Lifecycle, log: Any) -> None:
+                 lifecycle: Lifecycle, log: Any, *, result_limit: int = DEFAULT_PAYLOAD_LIMIT,
+                 progress: ProgressWriter | None = None,
+                 transactions: Transactions | None = None) -> None:
         self.tasks = tasks
         self.state = state
         self.completer = completer
         self.lifecycle = lifecycle
         self.log = log
+        self.result_limit = result_limit
+        self.progress = progress
+        self.transactions = transactions
         # Sync handlers without a timeout: a thread each, results back in batches.
         self.runner: ThreadRunner[ClaimedJob, Outcome] = ThreadRunner(
             state.concurrency, asyncio.get_running_loop(), self._delivered)
@@ -97,7 +107,8 @@ class Executor:
     def submit(self, job: ClaimedJob) -> None:
         state = self.state
         ctx = JobContext(id=job.id, task=job.task, queue=job.queue, attempt=job.attempts,
-                         max_attempts=job.max_attempts, worker_id=state.worker_id)
+                         max_attempts=job.max_attempts, worker_id=state.worker_id,
+                         _on_progress=self.progress.report if self.progress else None)
         handler = self.tasks.get(job.task)
         state.idle.clear()
         state.started += 1
@@ -124,6 +135,8 @@ class Executor:
         state = self.state
         state.inflight.pop(job.id, None)
         self.cancel_requested.discard(job.id)
+        if self.progress is not None:
+            self.progress.forget(job.id)
         if outcome is not None:
             self.completer.record(outcome)
             if job.lock_key is not None:
@@ -246,7 +259,9 @@ class Executor:
             return refused
         assert task is not None  # refused otherwise
         try:
-            await self._call(task, job, ctx)
+            if task.transactional:
+                return await self._transact(task, job, ctx, started)
+            value = await self._call(task, job, ctx)
         except asyncio.CancelledError:
             if job.id not in self.cancel_requested:
                 raise  # shutdown: no outcome, the job is released
@@ -255,7 +270,81 @@ class Executor:
                                               "cancelled while running"))
         except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
             return self._failed(job, task, exc, started)
-        return Outcome.succeeded(job, time.monotonic() - started)
+        return self._succeeded(job, task, ctx, value, started)
+
+    def _succeeded(self, job: ClaimedJob, task: Task, ctx: JobContext, value: Any,
+                   started: float, committed: bool = False) -> Outcome:
+        """The success of an attempt that returned ``value``: its result encoded, or a
+        failed attempt if it cannot be stored (ResultError: running it again would
+        return the same)."""
+        duration = time.monotonic() - started
+        result = None
+        if task.result and value is not None and task.keep > 0:
+            try:
+                result = encode_result(value, self.result_limit)
+            except PayloadError as exc:
+                error = ResultError(f"{exc} (declare the task with result=False to keep none)")
+                return self._failed(job, task, error, started)
+        return Outcome.succeeded(job, duration, result, task.keep, ctx.last_progress, committed)
+
+    # -- transactional handlers ------------------------------------------------------------
+
+    async def _transact(self, task: Task, job: ClaimedJob, ctx: JobContext,
+                        started: float) -> Outcome:
+        """An async (or timed sync) transactional handler: its writes and the job's ack
+        commit together, or roll back together."""
+        tx = self.transactions
+        assert tx is not None  # built whenever a task is transactional
+        if not task.is_async:
+            # A sync one with a timeout: a thread (a forked child could not use the
+            # connection), told through ctx.cancelled when time is up.
+            outcome: Outcome = await self._call_thread_with_timeout(functools.partial(
+                self._transact_sync, task, job, ctx, started), task, job, ctx)
+            return outcome
+        async with tx.aio.borrow() as conn:
+            ctx.conn, ctx._orm = conn, tx.orm
+            try:
+                value = await self._call(task, job, ctx)
+                outcome = self._succeeded(job, task, ctx, value, started, committed=True)
+                if outcome.kind is not Kind.SUCCEEDED:
+                    return outcome  # the result cannot be stored: rolled back
+                try:
+                    await tx.aio.commit(conn, tx.ack(outcome))
+                except LeaseLostError:
+                    return outcome._replace(committed=False).lost(None)
+                return outcome
+            finally:
+                for close in ctx._closers:  # SQLAlchemy sessions, before the pool has it back
+                    with contextlib.suppress(Exception):
+                        await close()
+
+    def _transact_sync(self, task: Task, job: ClaimedJob, ctx: JobContext,
+                       started: float) -> Outcome:
+        """:meth:`_transact` of a sync handler, in its thread."""
+        tx = self.transactions
+        assert tx is not None
+        try:
+            with tx.sync.borrow() as conn:
+                ctx.conn, ctx._orm = conn, tx.orm
+                try:
+                    value = task.fn(ctx, **job.args) if task.pass_context else task.fn(**job.args)
+                    outcome = self._succeeded(job, task, ctx, value, started, committed=True)
+                    if outcome.kind is not Kind.SUCCEEDED:
+                        return outcome
+                    if ctx.cancelled:
+                        raise HandlerTimeoutError("stopped before its commit: the worker asked "
+                                                  "it to stop (a timeout, a cancel)")
+                    try:
+                        tx.sync.commit(conn, tx.ack(outcome))
+                    except LeaseLostError:
+                        return outcome._replace(committed=False).lost(None)
+                    return outcome
+                finally:
+                    for close in ctx._closers:
+                        with contextlib.suppress(Exception):
+                            close()
+        except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
+            return self._failed(job, task, exc, started)
 
     def _attempt_in_thread(self, job: ClaimedJob, ctx: JobContext, task: Task) -> Outcome:
         """:meth:`_attempt` of a sync handler, in a pool thread (in a copy of the
@@ -264,27 +353,25 @@ class Executor:
         refused = self._refused(job, task)
         if refused is not None:
             return refused
+        if task.transactional:
+            return self._transact_sync(task, job, ctx, started)
         try:
-            if task.pass_context:
-                task.fn(ctx, **job.args)
-            else:
-                task.fn(**job.args)
+            value = task.fn(ctx, **job.args) if task.pass_context else task.fn(**job.args)
         except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
             return self._failed(job, task, exc, started)
-        return Outcome.succeeded(job, time.monotonic() - started)
+        return self._succeeded(job, task, ctx, value, started)
 
-    async def _call(self, task: Task, job: ClaimedJob, ctx: JobContext) -> None:
+    async def _call(self, task: Task, job: ClaimedJob, ctx: JobContext) -> Any:
+        """The handler's return value (it raises what the handler raised)."""
         args = job.args
         if task.is_async:
             coro = task.fn(ctx, **args) if task.pass_context else task.fn(**args)
             if task.timeout is None:
-                await coro
-                return
+                return await coro
             try:
-                await asyncio.wait_for(coro, task.timeout)
+                return await asyncio.wait_for(coro, task.timeout)
             except asyncio.TimeoutError:
                 raise HandlerTimeoutError(f"timed out after {task.timeout:g}s") from None
-            return
         # Sync handlers without a timeout go to the thread runner (submit); here
         # only those with one.
         assert task.timeout is not None
@@ -294,12 +381,11 @@ class Executor:
             # A thread cannot be killed; a child process can. Past the timeout
             # the child is SIGKILLed, so the job can never run twice at once.
             try:
-                await run_forked(call, task.timeout)
+                return await run_forked(call, task.timeout)
             except asyncio.TimeoutError:
                 raise HandlerTimeoutError(f"timed out after {task.timeout:g}s (process killed)") \
                     from None
-            return
-        await self._call_thread_with_timeout(call, task, job, ctx)
+        return await self._call_thread_with_timeout(call, task, job, ctx)
 
     def _in_pool(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
         # run_in_executor does not carry context variables into the thread
@@ -310,21 +396,25 @@ class Executor:
                                             self._in_thread, call))
 
     async def _call_thread_with_timeout(self, call: Callable[[], Any], task: Task,
-                                        job: ClaimedJob, ctx: JobContext) -> None:
-        """Where fork is unavailable: time out a thread that cannot be killed."""
+                                        job: ClaimedJob, ctx: JobContext) -> Any:
+        """Where fork is unavailable (or a transactional handler needs its connection):
+        time out a thread that cannot be killed."""
         assert task.timeout is not None
         future = self._in_pool(call)
         started = time.monotonic()
         try:
-            await asyncio.wait_for(asyncio.shield(future), task.timeout)
+            return await asyncio.wait_for(asyncio.shield(future), task.timeout)
         except asyncio.TimeoutError:
             # Tell the handler through ctx.cancelled and keep the job (its slot
             # and its lease) until the thread returns, so the job is never
             # running twice at once; the attempt counts as timed out.
             ctx._cancel.set()
             self.log.warning("job.timeout", job_id=job.id, task=job.task, timeout=task.timeout)
+            late: Any = None
             with contextlib.suppress(BaseException):  # the timeout is the outcome
-                await future
+                late = await future
+            if isinstance(late, Outcome) and late.committed:
+                return late  # a transactional handler committed just before: that stands
             raise HandlerTimeoutError(
                 f"timed out after {task.timeout:g}s (handler returned after "
                 f"{time.monotonic() - started:.1f}s)") from None

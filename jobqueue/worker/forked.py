@@ -22,6 +22,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from jobqueue.errors import ResultError
+
 
 class HandlerProcessError(Exception):
     """A handler's exception that could not be sent back from its process as itself."""
@@ -66,8 +68,11 @@ def _child(call: Callable[[], Any], out: Connection, parent: int) -> None:
     _die_with_parent(parent)
     _release_write_locks()
     try:
-        call()
-        message: tuple[str, Any] = ("ok", None)
+        value = call()
+        try:
+            message: tuple[str, Any] = ("ok", pickle.dumps(value))
+        except Exception as exc:  # noqa: BLE001 - the parent reports it as the attempt's error
+            message = ("unsendable", f"the handler's result cannot leave its process: {exc}")
     except BaseException as exc:  # noqa: BLE001 - the parent decides what it means
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
@@ -84,8 +89,9 @@ def _child(call: Callable[[], Any], out: Connection, parent: int) -> None:
         os._exit(0)
 
 
-async def run_forked(call: Callable[[], Any], timeout: float) -> None:
-    """Run ``call`` in a child; raise what it raised, or TimeoutError past ``timeout``."""
+async def run_forked(call: Callable[[], Any], timeout: float) -> Any:
+    """Run ``call`` in a child: what it returned; raise what it raised, or TimeoutError
+    past ``timeout``."""
     loop = asyncio.get_running_loop()
     ctx = multiprocessing.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
@@ -123,7 +129,9 @@ async def run_forked(call: Callable[[], Any], timeout: float) -> None:
         with contextlib.suppress(Exception):
             proc.close()
     if kind == "ok":
-        return
+        return pickle.loads(payload)
+    if kind == "unsendable":
+        raise ResultError(payload)
     if kind == "raised":
         blob, tb = payload
         exc = pickle.loads(blob)

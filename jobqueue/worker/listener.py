@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 
 from jobqueue.db import fleet
-from jobqueue.db.statement import Procedure
+from jobqueue.db.statement import Procedure, listen
 from jobqueue.db.store import AsyncStore
 from jobqueue.errors import DatabaseError
 from jobqueue.protocol import control_channel, job_channel, probe_channel
@@ -50,7 +50,7 @@ class ListenerSilentError(DatabaseError):
 
 def _subscribe(channels: list[str], worker_id: str) -> Procedure[None]:
     for channel in channels:
-        yield fleet.listen(channel)
+        yield listen(channel)
     yield fleet.set_session(worker_id)
 
 

@@ -19,10 +19,11 @@ from typing import Any
 from jobqueue.db import fleet
 from jobqueue.db.statement import in_transaction
 from jobqueue.db.store import AsyncStore
-from jobqueue.protocol import advisory_key, job_channel
+from jobqueue.protocol import advisory_key, job_channel, outcome_channel
 from jobqueue.worker.service import Service
 
-#: Every this many rounds led, the leader prunes the outcome counters.
+#: Every this many rounds led, the leader prunes the outcome counters and keeps
+#: history's partitions (see maintain_history).
 PRUNE_EVERY = 60
 
 
@@ -54,11 +55,13 @@ class Maintenance(Service):
         """One maintenance round; True if this worker was the leader."""
         rescue = await self.store.run(in_transaction(fleet.maintenance_round(
             self.key, self.worker_timeout, self.session_grace, job_channel(self.store.schema),
-            prune=self.rounds_led % PRUNE_EVERY == 0)))
+            outcome_channel(self.store.schema), prune=self.rounds_led % PRUNE_EVERY == 0)))
         if not rescue.led:
             return False
         self.rounds_led += 1
         if rescue.reaped or rescue.dead or rescue.requeued:
             self.log.warning("maintenance.rescued", workers=rescue.reaped,
                              requeued=len(rescue.requeued), dead=rescue.dead)
+        if rescue.dropped:
+            self.log.info("maintenance.history_pruned", partitions=rescue.dropped)
         return True

@@ -59,10 +59,12 @@ from jobqueue.worker.heartbeat import Heartbeat
 from jobqueue.worker.lifecycle import Lifecycle
 from jobqueue.worker.listener import Listener, application_name
 from jobqueue.worker.maintenance import Maintenance
+from jobqueue.worker.progress import ProgressWriter
 from jobqueue.worker.scheduler import Scheduler
 from jobqueue.worker.service import Service
 from jobqueue.worker.state import WorkerState
 from jobqueue.worker.systemd import Notifier, SystemdService
+from jobqueue.worker.transactional import Transactions
 
 
 class WorkerCrashedError(JobQueueError):
@@ -168,6 +170,8 @@ class Worker:
         self.metrics: WorkerMetrics | None = None
         self.metrics_port: int | None = None  # the bound port, once serving
         self.services: dict[str, Service] = {}
+        # Pools of transactional handlers (only when a task is transactional).
+        self.transactions: Transactions | None = None
 
     # -- public control -------------------------------------------------------------------
 
@@ -256,8 +260,14 @@ class Worker:
         completer = Completer(store, state, self.log, observers=[
             Lifecycle(self.log, self.metrics).finished], flush_interval=cfg.flush_interval,
             flush_size=cfg.flush_size)
+        progress = ProgressWriter(store, self.id, self.log)
+        if any(t.transactional for t in self.registry.tasks.values()):
+            self.transactions = Transactions(self.settings, self.id, cfg.concurrency,
+                                             application_name())
         self.executor = executor = Executor(self.registry.tasks, state, completer,
-                                            Lifecycle(self.log, self.metrics), self.log)
+                                            Lifecycle(self.log, self.metrics), self.log,
+                                            result_limit=self.registry.payload_limit,
+                                            progress=progress, transactions=self.transactions)
         claimer = Claimer(store.schema, self.id, cfg.queues, cfg.lease,
                           weights=cfg.queue_weights, fair_every=cfg.fair_every,
                           attempts=self.registry.attempts(),
@@ -298,6 +308,7 @@ class Worker:
                         worker_timeout=cfg.worker_timeout,
                         session_grace=max(cfg.heartbeat_interval * 3, 5.0)),
             completer,
+            progress,
         ]
         if self.registry.schedules and not cfg.burst:
             # Only workers whose app defines schedules compete to fire them; a
@@ -392,6 +403,8 @@ class Worker:
         except JobQueueError as exc:  # the lease covers what we could not release
             self.log.error("worker.release_failed", error=str(exc))
         self.executor.close()
+        if self.transactions is not None:
+            await self.transactions.aclose()
         await store.aclose()
         self._close_metrics()
         self.stats = {"claimed": state.claimed, "released": self.released,

@@ -184,3 +184,37 @@ def test_a_role_granted_nothing_gets_one_line_and_keeps_its_transaction(
                                   logs_allowed=True)
     support.assert_one_error_line(cli("enqueue", "noop", env={"JOBQUEUE_DSN": dsn}),
                                   "permission denied for schema")
+
+
+def test_reading_outcomes_is_a_right_of_its_own(
+        cli: support.Cli, pg_dsn: str, schema: str, producer_role: str, worker_role: str,
+        admin: psycopg.Connection[Any]) -> None:
+    cli.ok("migrate", "--grant-producer", producer_role, "--grant-worker", worker_role)
+    producer = JobQueue(as_role(pg_dsn, producer_role), schema=schema)
+    workers = JobQueue(as_role(pg_dsn, worker_role), schema=schema)
+
+    @workers.task
+    def send(to: str) -> str:
+        return f"sent to {to}"
+
+    try:
+        first = producer.enqueue("send", {"to": "a"}, strict=False)
+        # A producer reads no outcomes (they hold args and results) ...
+        with pytest.raises(PrivilegeError, match="--grant-results"):
+            producer.job(first)
+        out = cli.ok("migrate", "--grant-results", producer_role)
+        assert f"granted results rights on schema {schema!r} to {producer_role}" in out
+        # ... until granted: then it reads, and waits (its awaited flag, nothing else).
+        assert producer.job(first).state == "queued"
+        second = producer.enqueue("send", {"to": "b"}, strict=False)
+        with worker_thread(workers):
+            assert producer.result(second, timeout=20) == "sent to b"
+            assert producer.result(first, timeout=20) == "sent to a"
+        assert {e.id for e in producer.history()} == {first, second}
+    finally:
+        producer.close()
+        workers.close()
+    with psycopg.connect(as_role(pg_dsn, producer_role)) as conn:
+        jobs = sql.Identifier(schema, "jobs")
+        refused(conn, sql.SQL("UPDATE {} SET args = '{{}}'").format(jobs))
+        refused(conn, sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, "job_history")))

@@ -13,6 +13,7 @@ row is committed before the handler returns, so "the handler succeeded" and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -96,3 +97,29 @@ def gated(ctx: JobContext, gate: str) -> None:
             raise TimeoutError(f"gate {gate} never opened")
         time.sleep(0.02)
     record(ctx)
+
+
+@app.task(pass_context=True, transactional=True, max_attempts=25, retry=FAST_RETRY)
+def tx_effect(ctx: JobContext, fail_rate: float = 0.0, work: float = 0.0) -> int:
+    """Write this attempt's effect *in the job's transaction*, work up to ``work``
+    seconds, then fail with probability ``fail_rate``: a failed attempt's row must
+    roll back with it, a successful one commit with the ack (exactly once)."""
+    ctx.conn.execute(sql.SQL(
+        "INSERT INTO {} (job_id, task, phase, attempt, pid) VALUES (%s, %s, 'done', %s, %s)"
+    ).format(sql.Identifier(app.schema, "effects")), (ctx.id, ctx.task, ctx.attempt, os.getpid()))
+    time.sleep(random.uniform(0.0, work))
+    if random.random() < fail_rate:
+        raise FlakyError(f"job {ctx.id} failed on purpose (attempt {ctx.attempt})")
+    return ctx.attempt
+
+
+@app.task(pass_context=True, transactional=True, max_attempts=25, retry=FAST_RETRY)
+async def tx_effect_async(ctx: JobContext, fail_rate: float = 0.0, work: float = 0.0) -> int:
+    """:func:`tx_effect` for an async handler (``ctx.conn`` is an AsyncConnection)."""
+    await ctx.conn.execute(sql.SQL(
+        "INSERT INTO {} (job_id, task, phase, attempt, pid) VALUES (%s, %s, 'done', %s, %s)"
+    ).format(sql.Identifier(app.schema, "effects")), (ctx.id, ctx.task, ctx.attempt, os.getpid()))
+    await asyncio.sleep(random.uniform(0.0, work))
+    if random.random() < fail_rate:
+        raise FlakyError(f"job {ctx.id} failed on purpose (attempt {ctx.attempt})")
+    return ctx.attempt

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--drain-jobs", "300", "--tx-jobs", "40", "--clients", "4", "--one-jobs", "30",
         "--bulk-jobs", "500",
         "--bulk-batch", "200", "--latency-jobs", "10", "--latency-interval", "0.01",
+        "--result-jobs", "5",
         "--soak-seconds", "2", "--soak-window", "1", "--soak-hold", "0.5", "--timeout", "60"]
 
 
@@ -57,11 +58,17 @@ def test_all_scenarios_run_and_the_json_adds_up(pg_dsn: str) -> None:
     document = run_suite(pg_dsn, "all", "--targets", "raw,jobqueue", *TINY)
 
     rows = by_scenario(document)
-    assert list(rows) == ["drain", "enqueue-tx", "enqueue-one", "bulk", "latency", "soak"]
+    assert list(rows) == ["drain", "enqueue-tx", "enqueue-one", "bulk", "latency", "result",
+                          "soak"]
     labels = {s: [r["label"] for r in group] for s, group in rows.items()}
     assert labels["drain"] == ["raw: claim 100 + delete", "jobqueue (async handler)",
-                               "jobqueue (sync handler)", "jobqueue defaults (async handler)",
+                               "jobqueue (sync handler)",
+                               "jobqueue, history off (async handler)",
+                               "jobqueue defaults (async handler)",
                                "jobqueue defaults (sync handler)"]
+    assert labels["result"] == ["jobqueue: app.result()"]
+    [waited] = rows["result"]
+    assert waited["jobs"] == 5 and 0 < waited["p50_ms"] <= waited["p90_ms"] <= waited["max_ms"]
     assert labels["enqueue-tx"] == ["raw: INSERT", "raw: INSERT + NOTIFY", "jobqueue"]
     assert labels["enqueue-one"] == ["raw: autocommit INSERT", "raw: autocommit INSERT + NOTIFY",
                                      "jobqueue: enqueue() without conn"]
@@ -99,6 +106,8 @@ def test_all_scenarios_run_and_the_json_adds_up(pg_dsn: str) -> None:
                            "drain: jobqueue defaults (async handler)",
                            "drain: jobqueue defaults (sync handler)",
                            "latency p50", "latency p99", "soak last/first window",
+                           "drain: history on vs history off",
+                           "result wake-up p50 (ack to app.result returning)",
                            "soak worker RSS growth"}
     # No peer in this run: half of the defaults' goal cannot be judged, and it says so
     # (unless the half it can judge already fails).

@@ -76,7 +76,7 @@ def test_the_callers_transaction_is_never_committed(app: JobQueue, pg_dsn: str,
 
 
 def _cancel_then_fail(job_id: int) -> Procedure[None]:
-    outcome = yield from jobs.cancel(job_id, "jobqueue.x.control")
+    outcome = yield from jobs.cancel(job_id, "jobqueue.x.control", "jobqueue.x.outcome")
     assert outcome == "cancelled"
     yield scalar("job_is_live", {"id": "boom"})  # fails after the cancel changed rows
 
@@ -112,7 +112,7 @@ def test_the_async_face_runs_the_same_procedures(app: JobQueue) -> None:
         store = AsyncStore(app.settings)
         try:
             live = await store.run(jobs.is_live(job_id))
-            gone = await store.run(jobs.cancel(job_id, "jobqueue.x.control"))
+            gone = await store.run(jobs.cancel(job_id, "jobqueue.x.control", "jobqueue.x.outcome"))
             return live, gone == "cancelled"
         finally:
             await store.aclose()
