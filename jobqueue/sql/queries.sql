@@ -114,7 +114,12 @@ WITH done AS (
     USING unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(keeps)s::float8[],
                  %(results)s::jsonb[], %(progress)s::jsonb[])
           AS u(id, attempt, keep, new_result, last_progress)
-    WHERE j.id = u.id AND j.locked_by = %(worker_id)s AND j.attempts = u.attempt
+    -- "id = ANY(ids)" beside the join: the index condition that keeps the
+    -- DELETE on jobs_pkey. Joined with unnest alone the planner may read jobs
+    -- whole and match each row against every element (measured: 70 ms for 500
+    -- acks on a 20,000-job table, a quarter of the drain rate).
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND j.locked_by = %(worker_id)s
+      AND j.attempts = u.attempt
     RETURNING j.*, u.keep, u.new_result, u.last_progress
 ), kept AS (
     INSERT INTO {schema}.job_history (id, queue, task, args, result, attempts, max_attempts,
@@ -151,7 +156,8 @@ FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(delays)s::float8[],
             %(errors)s::jsonb[]) AS u(id, attempt, delay, error)
 -- The attempt guard makes a re-sent flush harmless even if this worker has
 -- claimed the same job again in the meantime.
-WHERE j.id = u.id AND j.locked_by = %(worker_id)s AND j.attempts = u.attempt
+WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND j.locked_by = %(worker_id)s
+  AND j.attempts = u.attempt
 RETURNING j.id;
 
 -- name: ack_dead
@@ -161,7 +167,7 @@ WITH done AS (
     DELETE FROM {schema}.jobs AS j
     USING unnest(%(ids)s::bigint[], %(reasons)s::text[], %(errors)s::jsonb[])
           AS u(id, reason, error)
-    WHERE j.id = u.id AND j.locked_by = %(worker_id)s
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND j.locked_by = %(worker_id)s
     RETURNING j.*, u.reason, u.error AS new_error
 ), dead AS (
     INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
@@ -883,7 +889,8 @@ WITH done AS (
     UPDATE {schema}.jobs AS j SET progress = u.progress
     FROM unnest(%(ids)s::bigint[], %(attempts)s::integer[], %(progress)s::jsonb[])
          AS u(id, attempt, progress)
-    WHERE j.id = u.id AND j.locked_by = %(worker_id)s AND j.attempts = u.attempt
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.id = u.id AND j.locked_by = %(worker_id)s
+      AND j.attempts = u.attempt
     RETURNING j.id, j.awaited
 ), {notify_awaited}
 SELECT n FROM notified;

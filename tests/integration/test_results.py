@@ -345,3 +345,29 @@ def test_every_job_ends_in_exactly_one_place(
         sql.Identifier(app.schema, "dead_jobs"))).fetchall()}
     assert not history & dead and history | dead == set(ids)
     assert len(dead) == 100 and count(admin, app.schema, "job_history") == 400
+
+
+@pytest.mark.parametrize("statement", ["ack_succeeded", "ack_dead", "ack_retry"])
+def test_acks_delete_by_the_primary_key_even_with_stale_statistics(
+        app: JobQueue, admin: psycopg.Connection[Any], statement: str) -> None:
+    """The acks join their arrays with unnest; without the ``id = ANY`` beside the join
+    the planner, believing no row is running (statistics from before the claim), read
+    the whole table per flush: 70 ms for 500 acks at 20,000 jobs."""
+    from jobqueue import sql as queries
+
+    jobs = sql.Identifier(app.schema, "jobs")
+    app.enqueue_many([("x", {"seq": i}) for i in range(20_000)], strict=False)
+    admin.execute(sql.SQL("ANALYZE {}").format(jobs))
+    ids = [r[0] for r in admin.execute(sql.SQL(
+        "UPDATE {} SET state = 'running', locked_by = 'w', attempts = 1 WHERE id IN "
+        "(SELECT id FROM {} ORDER BY id LIMIT 500) RETURNING id").format(jobs, jobs)).fetchall()]
+    n = len(ids)
+    params = {"ids": ids, "attempts": [1] * n, "keeps": [3600.0] * n, "results": [None] * n,
+              "progress": [None] * n, "worker_id": "w", "awaited_channel": "unused",
+              "reasons": ["exhausted"] * n, "errors": [None] * n, "delays": [1.0] * n}
+    admin.execute("SET plan_cache_mode = force_custom_plan")
+    with admin.transaction(force_rollback=True):
+        plan = "\n".join(r[0] for r in admin.execute(
+            sql.SQL("EXPLAIN ANALYZE ") + queries.query(statement, app.schema),
+            params).fetchall())
+    assert "jobs_pkey" in plan and "Seq Scan on jobs" not in plan, plan
