@@ -6,7 +6,8 @@ Store to run; none of them does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -252,13 +253,24 @@ def tally(outcomes: Sequence[Outcome]) -> Tally:
     return counts
 
 
+def per_job(entries: Iterable[tuple[int, Sequence[str]]]) -> str:
+    """``{"id": [v, ...], ...}`` as JSON text, each value given as JSON text already
+    (a result, an error entry): the acks look each job's values up by its id (see
+    ack_succeeded for why not arrays joined with unnest)."""
+    return "{" + ",".join(f'"{job_id}":[{",".join(values)}]' for job_id, values in entries) + "}"
+
+
+def _json(value: str | None) -> str:
+    return "null" if value is None else value
+
+
 def succeed(ok: Sequence[Outcome], worker_id: str, awaited_channel: str) -> Op:
     """The ack of successes: out of jobs, into history (see ack_succeeded)."""
     return rows("ack_succeeded", {
-        "ids": [o.job.id for o in ok], "attempts": [o.job.attempts for o in ok],
-        "keeps": [o.keep for o in ok], "results": [o.result for o in ok],
-        "progress": [o.progress for o in ok], "worker_id": worker_id,
-        "awaited_channel": awaited_channel}, JobId)
+        "ids": [o.job.id for o in ok],
+        "per_job": per_job((o.job.id, (str(o.job.attempts), repr(float(o.keep)),
+                                       _json(o.result), _json(o.progress))) for o in ok),
+        "worker_id": worker_id, "awaited_channel": awaited_channel}, JobId)
 
 
 def commit_success(outcome: Outcome, worker_id: str, awaited_channel: str) -> Procedure[None]:
@@ -295,15 +307,17 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
         ops.append(succeed(ok, worker_id, awaited_channel))
     if retries := by_kind[Kind.RETRIED]:
         ops.append(rows("ack_retry", {
-            "ids": [o.job.id for o in retries], "attempts": [o.job.attempts for o in retries],
-            "delays": [o.delay for o in retries],
-            "errors": [o.error.to_json() for o in retries if o.error is not None],
+            "ids": [o.job.id for o in retries],
+            "per_job": per_job((o.job.id, (str(o.job.attempts), repr(float(o.delay)),
+                                           _json(o.error.to_json() if o.error else None)))
+                               for o in retries),
             "worker_id": worker_id}, JobId))
     if dead := by_kind[Kind.DEAD]:
         ops.append(rows("ack_dead", {
             "ids": [o.job.id for o in dead],
-            "reasons": [o.reason.value if o.reason else None for o in dead],
-            "errors": [o.error.to_json() if o.error else None for o in dead],
+            "per_job": per_job((o.job.id, (json.dumps(o.reason.value if o.reason else None),
+                                           _json(o.error.to_json() if o.error else None)))
+                               for o in dead),
             "worker_id": worker_id, "awaited_channel": awaited_channel}, JobId))
     if released := by_kind[Kind.RELEASED]:
         ops.append(rows("release_jobs", {"ids": [o.job.id for o in released],
@@ -345,9 +359,9 @@ def record_progress(latest: Sequence[tuple[int, int, str]], worker_id: str,
                     progress_channel: str) -> Op:
     """Write the latest progress of running attempts ((job id, attempt, JSON) each)."""
     return run("record_progress", {
-        "ids": [j for j, _, _ in latest], "attempts": [a for _, a, _ in latest],
-        "progress": [p for _, _, p in latest], "worker_id": worker_id,
-        "awaited_channel": progress_channel})
+        "ids": [j for j, _, _ in latest],
+        "per_job": per_job((j, (str(a), p)) for j, a, p in latest),
+        "worker_id": worker_id, "awaited_channel": progress_channel})
 
 
 def extend_leases(ids: list[int], worker_id: str, lease: float) -> Op:

@@ -26,6 +26,7 @@ from psycopg import sql as pgsql
 
 from jobqueue import JobQueue, sql
 from jobqueue.db import jobs
+from jobqueue.db.jobs import per_job
 from jobqueue.db.statement import Pipeline
 from tests.helpers import count
 
@@ -243,8 +244,8 @@ def realistic_jobs(app: JobQueue, admin: psycopg.Connection[Any]) -> str:
                         limit=2000))
     acked = running[:500]
     admin.execute(sql.query("ack_succeeded", app.schema),
-                  {"ids": acked, "attempts": [1] * len(acked), "keeps": [0.0] * len(acked),
-                   "results": [None] * len(acked), "progress": [None] * len(acked),
+                  {"ids": acked, "per_job": per_job((i, ("1", "0.0", "null", "null"))
+                                                    for i in acked),
                    "worker_id": "busy-worker", "awaited_channel": "unused"})
     admin.execute(pgsql.SQL("ANALYZE {}").format(jobs))
     return app.schema
