@@ -338,3 +338,35 @@ def test_the_metrics_gauges_are_read_behind_pgbouncer(
              if 'queue="elsewhere"' in line and not line.startswith("#")]
     assert ready, body
     assert count(admin, pooled.schema, "jobs") == 1
+
+
+def test_results_history_and_transactional_handlers_behind_pgbouncer(
+        pooled: JobQueue, bouncer_dsn: str, pg_dsn: str, migrated: str,
+        admin: psycopg.Connection[Any]) -> None:
+    """Results by polling (no session to LISTEN on) or by NOTIFY over listen_dsn; a
+    transactional handler's transaction is one server transaction, pooler or not."""
+    admin.execute(sql.SQL("CREATE TABLE {} (job_id bigint)").format(
+        sql.Identifier(migrated, "shipped")))
+    insert = sql.SQL("INSERT INTO {} VALUES (%s)").format(sql.Identifier(migrated, "shipped"))
+
+    @pooled.task(transactional=True, pass_context=True, max_attempts=2)
+    def ship(ctx: Any, n: int) -> int:
+        ctx.conn.execute(insert, (ctx.id,))
+        if ctx.attempt == 1 and n % 2:
+            raise RuntimeError("rolled back, then retried")
+        ctx.progress(1, 1)
+        return n * 10
+
+    ids = [pooled.enqueue(ship, {"n": n}) for n in range(6)]
+    listening = JobQueue(bouncer_dsn, schema=migrated, pooler="transaction", listen_dsn=pg_dsn)
+    try:
+        with worker_thread(pooled):
+            assert pooled.results.poll_only and not listening.results.poll_only
+            assert [pooled.result(i, timeout=30) for i in ids[:3]] == [0, 10, 20]
+            assert [listening.result(i, timeout=30) for i in ids[3:]] == [30, 40, 50]
+    finally:
+        listening.close()
+    assert sorted(r[0] for r in admin.execute(sql.SQL("SELECT job_id FROM {}").format(
+        sql.Identifier(migrated, "shipped"))).fetchall()) == ids
+    assert {pooled.job(i).state for i in ids} == {"succeeded"}
+    assert {e.id for e in pooled.history(limit=10)} == set(ids)
