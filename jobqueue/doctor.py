@@ -165,7 +165,7 @@ class _Doctor:
         migrated = checks[0].details.get("revision") is not None
         schema_checks: list[tuple[str, Callable[[], Check]]] = [
             ("autovacuum", self.autovacuum), ("dead_tuples", self.dead_tuples),
-            ("bloat", self.bloat)]
+            ("bloat", self.bloat), ("history", self.history)]
         database_checks: list[tuple[str, Callable[[], Check]]] = [
             ("transactions", self.transactions), ("xmin_horizon", self.xmin_horizon),
             ("listen", self.listen)]
@@ -257,6 +257,25 @@ class _Doctor:
                     "keeping up or is blocked (see transactions and xmin_horizon)")
             return Check("dead_tuples", PROBLEM, line, [line], details)
         return Check("dead_tuples", OK, summary, details=details)
+
+    def history(self) -> Check:
+        found: ops.HistoryPartitions = self.q(ops.history())
+        details = {"today": found.today, "days_ahead": found.ahead,
+                   "rows_in_default": found.in_default}
+        problems = []
+        if found.in_default:
+            problems.append(
+                f"{found.in_default:,} history row(s) in job_history_default: their day had "
+                "no partition, so the maintenance leader has not been making them (no "
+                "worker running, or a worker role without EXECUTE on maintain_history: "
+                "`jobqueue migrate --grant-worker ROLE`); they are pruned there by DELETE")
+        elif not found.today:
+            problems.append("no job_history partition for today (UTC): successes will land "
+                            "in the default partition until a worker's leader makes one")
+        if problems:
+            return Check("history", PROBLEM, problems[0], problems, details)
+        return Check("history", OK, f"today's partition and {found.ahead} day(s) ahead",
+                     details=details)
 
     def bloat(self) -> Check:
         stats: ops.TableStats | None = self.q(ops.table_stats(self.schema))

@@ -34,6 +34,15 @@ class AutovacuumSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryPartitions:
+    """Whether today's history partition exists, days made ahead, rows in the default."""
+
+    today: bool
+    ahead: int
+    in_default: int
+
+
+@dataclass(frozen=True, slots=True)
 class TableStats:
     """Row counts (estimates), the time since the last vacuum and sizes of jobs."""
 
@@ -118,6 +127,10 @@ def autovacuum(schema: str) -> Op:
 def table_stats(schema: str) -> Op:
     """-> :class:`TableStats`, or None when ``schema.jobs`` does not exist."""
     return row("doctor_table", {"table": jobs_table(schema), "schema": schema}, TableStats)
+
+
+def history() -> Op:
+    return row("doctor_history", None, HistoryPartitions)
 
 
 def indexes(schema: str) -> Op:

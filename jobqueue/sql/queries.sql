@@ -552,6 +552,16 @@ FROM pg_class AS c
 LEFT JOIN pg_stat_user_tables AS s ON s.relid = c.oid
 WHERE c.oid = to_regclass(%(table)s);
 
+-- name: doctor_history
+-- History's partitions: today's (UTC) made, how many days ahead, and how many
+-- rows fell into the default partition (a day without one), counted to a bound.
+SELECT EXISTS (SELECT 1 FROM {schema}.history_partitions
+               WHERE day = (now() AT TIME ZONE 'UTC')::date) AS today,
+       (SELECT count(*) FROM {schema}.history_partitions
+        WHERE day > (now() AT TIME ZONE 'UTC')::date) AS ahead,
+       (SELECT count(*) FROM (SELECT 1 FROM {schema}.job_history_default LIMIT 10000) AS d)
+           AS in_default;
+
 -- name: doctor_indexes
 -- Per index of jobs: its size, its entry count as of the last vacuum or
 -- analyze, and the average width of its key columns (from pg_stats).

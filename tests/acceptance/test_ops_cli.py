@@ -90,7 +90,8 @@ def test_doctor_on_a_healthy_queue(cli: Cli, admin: psycopg.Connection[Any]) -> 
     result = cli("doctor", "--max-transaction-age", "3600")
     lines = result.stdout.splitlines()
     assert [line.split()[1] for line in lines[1:]] == [
-        "migrations", "autovacuum", "dead_tuples", "bloat", "transactions", "xmin_horizon",
+        "migrations", "autovacuum", "dead_tuples", "bloat", "history", "transactions",
+        "xmin_horizon",
         "listen", "workers", "dead_jobs", "unserved_queues", "oldest_ready"]
     problems = [line for line in lines[1:] if line.startswith("PROBLEM")]
     if server_autovacuum(admin):

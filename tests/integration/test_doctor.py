@@ -41,11 +41,12 @@ def test_a_healthy_queue_passes_every_queue_check(app: JobQueue,
     app.run_worker(burst=True, handle_signals=False)
     report = diagnose(app.dsn, app.schema, CALM)
     by_name = checks(report)
-    assert list(by_name) == ["migrations", "autovacuum", "dead_tuples", "bloat",
+    assert list(by_name) == ["migrations", "autovacuum", "dead_tuples", "bloat", "history",
                              "transactions", "xmin_horizon", "listen", "workers",
                              "dead_jobs", "unserved_queues", "oldest_ready"]
-    for name in ("migrations", "dead_tuples", "bloat", "transactions", "xmin_horizon",
-                 "listen", "workers", "dead_jobs", "unserved_queues", "oldest_ready"):
+    for name in ("migrations", "dead_tuples", "bloat", "history", "transactions",
+                 "xmin_horizon", "listen", "workers", "dead_jobs", "unserved_queues",
+                 "oldest_ready"):
         assert by_name[name].status == OK, (name, by_name[name].problems)
     assert by_name["listen"].details["round_trip"] > 0
     assert by_name["migrations"].details["revision"] == by_name["migrations"].details["head"]
@@ -93,7 +94,7 @@ def test_an_unmigrated_schema_is_one_problem_and_the_rest_is_skipped(
     by_name = checks(report)
     assert by_name["migrations"].status == PROBLEM
     assert f"jobqueue migrate --schema {schema}" in by_name["migrations"].problems[0]
-    for name in ("autovacuum", "dead_tuples", "bloat", "workers", "dead_jobs",
+    for name in ("autovacuum", "dead_tuples", "bloat", "history", "workers", "dead_jobs",
                  "unserved_queues", "oldest_ready"):
         assert by_name[name].status == SKIPPED
     assert by_name["listen"].status == OK
@@ -207,3 +208,25 @@ def test_listen_check_measures_a_real_round_trip(app: JobQueue) -> None:
     assert listen.status == OK
     assert 0 < listen.details["round_trip"] < 5
     assert 0 <= listen.details["notify_queue_usage"] < 0.5
+
+
+def test_history_rows_without_their_days_partition_are_a_problem(
+        app: JobQueue, admin: psycopg.Connection[Any]) -> None:
+    assert checks(diagnose(app.dsn, app.schema, CALM))["history"].status == OK
+    # As if no leader had run for days: today's partition missing, a success in the default.
+    schema = sql.Identifier(app.schema)
+    today = admin.execute(sql.SQL(
+        "DELETE FROM {}.history_partitions WHERE day = (now() AT TIME ZONE 'UTC')::date "
+        "RETURNING name").format(schema)).fetchone()
+    assert today is not None
+    admin.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(app.schema, today[0])))
+    check = checks(diagnose(app.dsn, app.schema, CALM))["history"]
+    assert check.status == PROBLEM and "no job_history partition for today" in check.problems[0]
+
+    admin.execute(sql.SQL(  # a success of today: routed to the default partition
+        "INSERT INTO {}.job_history (id, queue, task, args, attempts, priority, errors, "
+        "created_at, finished_at, expires_at) VALUES (1, 'default', 't', '{{}}', 1, 0, '[]', "
+        "now(), now(), now() + interval '1 day')").format(schema))
+    check = checks(diagnose(app.dsn, app.schema, CALM))["history"]
+    assert check.status == PROBLEM and "1 history row(s) in job_history_default" \
+        in check.problems[0]
