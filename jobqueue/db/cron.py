@@ -16,6 +16,7 @@ class Lead:
     leader: bool
     now: datetime
     durable: str
+    bounded: str
 
 
 @dataclass(frozen=True, slots=True)

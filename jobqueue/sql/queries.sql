@@ -241,7 +241,11 @@ UPDATE {schema}.workers SET heartbeat_at = now() WHERE id = %(worker_id)s RETURN
 -- name: try_leadership
 -- Transaction-scoped, so it is released at COMMIT and works through PgBouncer
 -- in transaction mode, where a session-level lock could leak to another client.
-SELECT pg_try_advisory_xact_lock(%(key)s);
+-- A leader frozen mid-round (SIGSTOP, a VM stall) would keep its transaction,
+-- and the lock, open for as long as it is frozen, and no other worker could
+-- reap it: past a few idle seconds inside the round Postgres ends its session.
+SELECT pg_try_advisory_xact_lock(%(key)s) AS leader,
+       set_config('idle_in_transaction_session_timeout', '10s', true) AS bounded;
 
 -- name: reap_workers
 -- A worker is gone when its heartbeat is older than the timeout, or, sooner,
@@ -676,7 +680,9 @@ WHERE queue = ANY(%(queues)s::text[]) AND window_start < now() - interval '1 day
 -- and run before a crash must not be lost with its tick, or the tick would fire again.
 SELECT pg_try_advisory_xact_lock(%(key)s) AS leader,
        clock_timestamp() AS now,
-       set_config('synchronous_commit', 'on', true) AS durable;
+       set_config('synchronous_commit', 'on', true) AS durable,
+       -- A leader frozen mid-round loses its session (see try_leadership).
+       set_config('idle_in_transaction_session_timeout', '10s', true) AS bounded;
 
 -- name: cron_sync
 -- The leader's schedules are upserted, and rows of schedules its app no

@@ -551,3 +551,28 @@ def test_a_worker_whose_session_ended_is_reaped_before_its_heartbeat_times_out(
     assert requeued is not None and requeued["state"] == "queued"
     assert [e["type"] for e in requeued["errors"]] == ["WorkerLost"]
     assert kept is not None and (kept["state"], kept["locked_by"]) == ("running", "stalled")
+
+
+def test_a_leader_frozen_mid_round_loses_its_lock_in_seconds(app: JobQueue, pg_dsn: str) -> None:
+    """A leader that stops inside its round (SIGSTOP, a VM stall) would hold the
+    transaction-scoped leader lock for as long as it is frozen, and no other worker
+    could reap it: the round's own setting has Postgres end its session instead."""
+    from jobqueue.db import fleet
+    from jobqueue.worker.maintenance import leader_key
+
+    key = leader_key(app.schema)
+    frozen = psycopg.connect(pg_dsn)
+    try:
+        assert app.store.run(fleet.try_leadership(key), frozen) is True  # and never commits
+        started = time.monotonic()
+
+        def other_leads() -> bool:
+            with psycopg.connect(pg_dsn) as other:
+                return bool(app.store.run(fleet.try_leadership(key), other))
+
+        wait_until(other_leads, 30, interval=0.5, message="another worker to lead")
+        assert 9 <= time.monotonic() - started <= 20
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # ended by the server
+            frozen.execute("SELECT 1")
+    finally:
+        frozen.close()
