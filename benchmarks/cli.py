@@ -256,6 +256,16 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _chord(s: Settings, jobs: int) -> Callable[[], list[Result]]:
+    def step() -> list[Result]:
+        if "jobqueue" not in s.targets:
+            return []
+        return [scenarios.chord_drain(JobQueueTarget(s.dsn, "async", concurrency=s.jq_concurrency,
+                                                     batch_size=s.jq_batch, shape=shape),
+                                      jobs, s.timeout) for shape in ("plain", "chord")]
+    return step
+
+
 def _result(s: Settings, jobs: int, seconds: float) -> Callable[[], list[Result]]:
     def step() -> list[Result]:
         if "jobqueue" not in s.targets:
@@ -462,6 +472,19 @@ def run_result(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt =
     s = _settings(dsn, "jobqueue", 200, 10, 100, 300)
     _run(s, [_result(s, result_jobs, job_seconds)], as_json, output,
          {"result_jobs": result_jobs, "job_seconds": job_seconds}, ("result",))
+
+
+@app.command("chord")
+def run_chord(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = None,
+              chord_jobs: Annotated[int, typer.Option(
+                  "--chord-jobs", min=2, help="jobs: a chord of N - 1 members and its callback")]
+              = 10_000,
+              jq_concurrency: JqConcurrency = 200, jq_batch: JqBatch = 100,
+              timeout: Timeout = 300) -> None:
+    """A 10,000-job chord against as many plain jobs: enqueue time and drain rate."""
+    s = _settings(dsn, "jobqueue", jq_concurrency, 10, 100, timeout)
+    s.jq_batch = jq_batch
+    _run(s, [_chord(s, chord_jobs)], as_json, output, {"chord_jobs": chord_jobs}, ("chord",))
 
 
 @app.command("soak")

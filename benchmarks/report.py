@@ -115,6 +115,16 @@ def targets(results: list[Result]) -> list[dict[str, Any]]:
     if on and off:
         ratio = on.rate / off.rate
         check("drain: history on vs history off", ">= 85 %", f"{ratio:.0%}", ratio >= 0.85)
+    plain = next((r for r in results if r.scenario == "chord"
+                  and r.label == "jobqueue: plain jobs"), None)
+    flow = next((r for r in results if r.scenario == "chord" and r.label != (
+        plain.label if plain else "")), None)
+    if plain and flow:
+        ratio = flow.rate / plain.rate
+        check("chord: members' drain vs plain jobs", ">= 80 %", f"{ratio:.0%}", ratio >= 0.8)
+        enqueue = plain.extra["enqueue_seconds"] / flow.extra["enqueue_seconds"]
+        check("chord: enqueue vs enqueue_many of plain jobs", ">= 80 %", f"{enqueue:.0%}",
+              enqueue >= 0.8)
     jq = _jq(results, "result")
     if jq:
         check("result wake-up p50 (ack to app.result returning)", "<= 5 ms",
@@ -200,6 +210,13 @@ def markdown(results: list[Result]) -> str:
                   "enqueue+commit p50 ms |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['label']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
                   f"{r['max_ms']} | {r['enqueue_commit_p50_ms']} |" for r in latency]
+        lines.append("")
+    chords = [r for r in data if r["scenario"] == "chord"]
+    if chords:
+        lines += ["| chord | jobs | enqueue s | drain jobs/s | settings |",
+                  "|---|---:|---:|---:|---|"]
+        lines += [f"| {r['label']} | {r['jobs']:,} | {r['enqueue_seconds']} | "
+                  f"{_rate(r['jobs_per_second'])} | {r['settings']} |" for r in chords]
         lines.append("")
     waits = [r for r in data if r["scenario"] == "result"]
     if waits:

@@ -216,6 +216,29 @@ def latency(target: Target, jobs: int, interval: float, timeout: float,
     return result
 
 
+# -- chord ---------------------------------------------------------------------------------------
+
+
+def chord_drain(target: Target, jobs: int, timeout: float, log: Log = stderr_log) -> Result:
+    """A drain of ``jobs`` stored as plain jobs or as one chord: how long the enqueue
+    took, and the drain rate (every member, then the callback)."""
+    def body() -> Result:
+        out = target.drain_once(jobs, timeout)
+        if out["handled"] != jobs:
+            raise BenchmarkError(f"chord: {jobs} jobs in, the handler ran {out['handled']} times")
+        _check_empty(target, "chord")
+        first = out["first_start"] or out["started"]
+        seconds = target.enqueue_seconds  # type: ignore[attr-defined]
+        return _result(target, "chord", jobs, out["ended"] - first,
+                       enqueue_seconds=round(seconds, 3),
+                       enqueue_per_second=round(jobs / seconds, 1) if seconds else None)
+
+    result = _phase(target, "chord", log, body)
+    log(f"[chord] {result.label}: enqueue {result.extra['enqueue_seconds']} s, "
+        f"drain {result.rate:,.0f} jobs/s")
+    return result
+
+
 # -- result wake-up ------------------------------------------------------------------------------
 
 

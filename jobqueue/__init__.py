@@ -24,9 +24,11 @@ from jobqueue.errors import (
     SchemaNotMigratedError,
     UnknownTaskError,
     UnsupportedConnectionError,
+    WorkflowNotFound,
 )
 from jobqueue.rows import HistoryEntry, JobInfo, Progress
 from jobqueue.tasks import JobContext, Retry, Task
+from jobqueue.workflow import Signature, chain, chord, group
 
 __all__ = [
     "ConfigError",
@@ -50,9 +52,14 @@ __all__ = [
     "Retry",
     "RetryAfter",
     "SchemaNotMigratedError",
+    "Signature",
     "Task",
     "UnknownTaskError",
     "UnsupportedConnectionError",
+    "WorkflowNotFound",
+    "chain",
+    "chord",
+    "group",
 ]
 
 __version__ = "0.1.0"

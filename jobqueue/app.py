@@ -21,6 +21,7 @@ import psycopg
 from typing_extensions import Unpack
 
 from jobqueue import enqueue as building
+from jobqueue import workflow as flows
 from jobqueue.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT,
@@ -35,19 +36,31 @@ from jobqueue.config import (
     resolve_schema,
 )
 from jobqueue.cron import Schedule
-from jobqueue.db import admin, jobs
+from jobqueue.db import admin, jobs, workflows
 from jobqueue.db import migrate as migrations
 from jobqueue.db.store import AsyncStore, Store
 from jobqueue.db.store import resolve_dsn as connect_dsn
 from jobqueue.dead import DeadJobs
 from jobqueue.enqueue import EnqueueOptions, ManyOptions, log_enqueued
-from jobqueue.errors import ConfigError
+from jobqueue.errors import ConfigError, WorkflowNotFound
+from jobqueue.payload import check_correlation_id
 from jobqueue.protocol import control_channel, outcome_channel
 from jobqueue.queues import QueueControls
 from jobqueue.registry import Registry, TaskRef, history_seconds, task_name
 from jobqueue.results import Results
-from jobqueue.rows import HistoryEntry, JobInfo, Progress, QueueOverview, RunningJob
+from jobqueue.rows import (
+    HistoryEntry,
+    JobInfo,
+    Progress,
+    QueueOverview,
+    RunningJob,
+    WorkflowIds,
+    WorkflowInfo,
+    WorkflowNode,
+    WorkflowSummary,
+)
 from jobqueue.tasks import Retry, Task, TaskOptions
+from jobqueue.workflow import Signature, SigOptions
 
 if TYPE_CHECKING:
     from jobqueue.worker import Worker, WorkerConfig
@@ -258,6 +271,46 @@ class JobQueue:
         ``"not_found"`` (no such live job: finished, dead, or never existed)."""
         return self.store.run(jobs.cancel(job_id, control_channel(self.schema),
                                           outcome_channel(self.schema)), conn)
+
+    # -- workflows ----------------------------------------------------------------------
+
+    def sig(self, task: TaskRef, args: Mapping[str, Any] | None = None,
+            **options: Unpack[SigOptions]) -> Signature:
+        """A job not enqueued yet, for ``chain``, ``group`` and ``chord`` (validated now)."""
+        return flows.signature(self.registry, task, args, options)
+
+    def _plan(self, canvas: flows.Canvas) -> flows.Plan:
+        if isinstance(canvas, Signature):
+            canvas = flows.chain(canvas)
+        return flows.compile_canvas(canvas)
+
+    def enqueue_workflow(self, canvas: flows.Canvas, *, conn: Any = None,
+                         correlation_id: str | None = None) -> WorkflowIds:
+        """Enqueue a whole workflow in one statement (in the caller's transaction with
+        ``conn``): its id (``.workflow_id``) and its nodes' job ids in order (``.ids``)."""
+        plan = self._plan(canvas)
+        found: WorkflowIds = self.store.run(workflows.insert(
+            plan, self.schema, check_correlation_id(correlation_id)), conn)
+        return found
+
+    async def enqueue_workflow_async(self, canvas: flows.Canvas, *, conn: Any = None,
+                                     correlation_id: str | None = None) -> WorkflowIds:
+        plan = self._plan(canvas)
+        found: WorkflowIds = await self.astore.run(workflows.insert(
+            plan, self.schema, check_correlation_id(correlation_id)), conn)
+        return found
+
+    def workflow(self, workflow_id: int, *, conn: Any = None) -> WorkflowInfo:
+        """Every node of a workflow: state, attempts, result or error, dependencies."""
+        found: list[WorkflowNode] = self.store.run(workflows.nodes(workflow_id), conn)
+        if not found:
+            raise WorkflowNotFound(workflow_id)
+        return WorkflowInfo(workflow_id, found)
+
+    def workflows(self, *, limit: int = 50, conn: Any = None) -> list[WorkflowSummary]:
+        """The newest workflows, with how many nodes are live, succeeded and dead."""
+        found: list[WorkflowSummary] = self.store.run(workflows.newest(limit), conn)
+        return found
 
     # -- results and history ------------------------------------------------------------
 

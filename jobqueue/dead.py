@@ -7,6 +7,7 @@ and as which job it was replayed, so the audit trail survives the replay.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -63,6 +64,8 @@ class DeadFilter:
 class ReplayResult:
     replayed: dict[int, int] = field(default_factory=dict)  # dead id -> new job id
     skipped: int = 0  # selected but not replayed (their unique_key is live again)
+    #: Workflow nodes that had died of a replayed node and wait again (same ids).
+    revived: list[int] = field(default_factory=list)
 
     def add(self, batch: list[ReplayedRow]) -> int:
         """Count one batch in; how many dead rows it picked."""
@@ -108,13 +111,19 @@ class DeadJobs:
         after_id = 0
         while True:
             # Without conn each batch runs on a pooled connection: one transaction each.
-            batch: list[ReplayedRow] = self.store.run(admin.dead_replay_batch(
+            batch, revived = self.store.run(admin.dead_replay_batch(
                 params, after_id, batch_size, job_channel(self.store.schema)), conn)
+            result.revived += revived
             picked = result.add(batch)
             if picked:
                 after_id = max(after_id, batch[0].last_id or after_id)
             if picked < batch_size:
                 return result
+
+    def would_revive(self, ids: Sequence[int], *, conn: Any = None) -> Sequence[int]:
+        """The dead workflow nodes a replay of ``ids`` would bring back (dry run)."""
+        found = self.store.run(admin.doomed_by([*ids]), conn)
+        return [r.id for r in found]
 
     def purge(self, where: DeadFilter, *, conn: Any = None) -> int:
         """Delete the selected dead jobs for good; returns how many."""

@@ -72,6 +72,14 @@ class JobNotFound(JobQueueError, LookupError):
         self.job_id = job_id
 
 
+class WorkflowNotFound(JobQueueError, LookupError):
+    """No workflow of that id here."""
+
+    def __init__(self, workflow_id: int) -> None:
+        super().__init__(f"no workflow {workflow_id}")
+        self.workflow_id = workflow_id
+
+
 class JobFailed(JobQueueError):
     """The job ended dead (``reason``: exhausted, permanent, timeout, crashed, cancelled,
     ...); ``error`` is its last error's type and message, ``errors`` every attempt's."""

@@ -32,6 +32,9 @@ class ClaimedJob:
     lock_key: str | None = None
     correlation_id: str | None = None
     cancel_requested: bool = False  # cancelled while it waited for a retry
+    workflow_id: int | None = None
+    #: A workflow node's dependencies' results, in order (None for a plain job).
+    parent_results: list[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +341,75 @@ class HistoryEntry:
             out[key] = _iso(out[key])
         out["duration"] = self.duration
         return out
+
+
+# -- workflows ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkflowIds:
+    """What enqueue_workflow returns: the workflow's id and its nodes' job ids, in order."""
+
+    workflow_id: int
+    ids: list[int]
+
+
+@dataclass(frozen=True)
+class WorkflowNode:
+    """One node of a workflow and where it is (``app.workflow(id).nodes``)."""
+
+    id: int
+    task: str
+    queue: str
+    #: waiting (for dependencies), queued, running, succeeded, dead or cancelled
+    state: str
+    attempts: int
+    result: Any
+    error: str | None
+    reason: str | None
+    depends_on: list[int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkflowInfo:
+    """A workflow and every node of it (``app.workflow(id)``)."""
+
+    id: int
+    nodes: list[WorkflowNode]
+
+    @property
+    def state(self) -> str:
+        """running (a node is live), failed (a node is dead), else succeeded."""
+        states = {n.state for n in self.nodes}
+        if states & {"waiting", "queued", "running", "scheduled"}:
+            return "running"
+        return "failed" if states & {"dead", "cancelled"} else "succeeded"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "nodes": [n.as_dict() for n in self.nodes]}
+
+
+@dataclass(frozen=True)
+class WorkflowSummary:
+    id: int
+    nodes: int
+    created_at: datetime
+    correlation_id: str | None
+    live: int
+    succeeded: int
+    dead: int
+
+    @property
+    def state(self) -> str:
+        if self.live:
+            return "running"
+        return "failed" if self.dead else "succeeded"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "created_at": _iso(self.created_at), "state": self.state}
 
 
 # -- cron --------------------------------------------------------------------------------

@@ -159,6 +159,8 @@ class JobContext:
     max_attempts: int
     worker_id: str
     conn: Any = None
+    #: For a workflow node: the results of the nodes it waited for, in order.
+    parent_results: list[Any] = field(default_factory=list)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     #: The last progress reported, as stored (JSON text), or None.
     last_progress: str | None = field(default=None, repr=False)

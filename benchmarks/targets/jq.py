@@ -74,12 +74,17 @@ class JobQueueTarget(Target):
     worker_module = "benchmarks.targets.jq"
 
     def __init__(self, dsn: str, variant: str = "async", concurrency: int = 200,
-                 batch_size: int = 100, defaults: bool = False, history: bool = True) -> None:
+                 batch_size: int = 100, defaults: bool = False, history: bool = True,
+                 shape: str = "") -> None:
         super().__init__(dsn, variant or "async")
         self.concurrency = concurrency
         self.batch_size = batch_size
         # False: JobQueue(history=False), successes only deleted (the drain's baseline).
         self.history = history
+        # The chord scenario: "plain" (enqueue_many of n jobs) or "chord" (one chord of
+        # n - 1 members and its callback); how long that enqueue took.
+        self.shape = shape
+        self.enqueue_seconds = 0.0
         # The worker at its defaults: concurrency and batch_size left out of its config.
         self.defaults = defaults
         self.schema = ""
@@ -97,6 +102,9 @@ class JobQueueTarget(Target):
             return f"{kind} ({self.variant} handler)"
         if scenario == "result":
             return "jobqueue: app.result()"
+        if scenario == "chord":
+            return ("jobqueue: one chord (members + callback)" if self.shape == "chord"
+                    else "jobqueue: plain jobs")
         if scenario == "enqueue-one":
             return "jobqueue: enqueue() without conn"
         return "jobqueue"
@@ -116,6 +124,10 @@ class JobQueueTarget(Target):
         if scenario == "result":
             return ("app.result(id) waiting on a 50 ms job, one at a time; wake-up = its "
                     "return minus the ack statement's time (job_history.finished_at)")
+        if scenario == "chord":
+            how = ("enqueue_workflow(chord(group(N - 1 sigs), sig)), one statement"
+                   if self.shape == "chord" else "enqueue_many(N jobs), one call (COPY)")
+            return f"{how}; drained by one worker, concurrency {self.concurrency}"
         if scenario == "bulk":
             return "enqueue_many(conn=psycopg conn), one transaction per batch"
         if scenario == "enqueue-one":
@@ -154,7 +166,17 @@ class JobQueueTarget(Target):
 
         from benchmarks.common import vacuum_analyze
 
-        self.bulk(n, PRELOAD_BATCH)
+        started = time.perf_counter()
+        if self.shape == "chord":
+            from jobqueue import chord, group
+
+            sigs = group(self.app.sig(self.task, {"seq": seq}) for seq in range(n - 1))
+            self.app.enqueue_workflow(chord(sigs, self.app.sig(self.task, {"seq": n - 1})))
+        elif self.shape == "plain":
+            self.app.enqueue_many([(self.task, {"seq": seq}) for seq in range(n)])
+        else:
+            self.bulk(n, PRELOAD_BATCH)
+        self.enqueue_seconds = time.perf_counter() - started
         vacuum_analyze(self.dsn, sql.Identifier(self.schema, "jobs"))
 
     def bulk(self, n: int, batch: int) -> None:

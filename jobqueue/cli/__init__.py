@@ -24,6 +24,7 @@ from jobqueue.cli import (
     migrate,
     stats,
     worker,
+    workflows,
 )
 from jobqueue.errors import JobQueueError
 
@@ -41,6 +42,7 @@ app.add_typer(dead.app, name="dead")
 app.add_typer(embedded.app, name="embedded")
 app.add_typer(jobs.job_app, name="job")
 app.add_typer(jobs.history_app, name="history")
+app.add_typer(workflows.app, name="workflow")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -130,19 +130,28 @@ def replay_cmd(ids: Ids = None, task: Task = None, queue: Queue = None, reason: 
         with jq.connect() as conn:
             n = jq.dead.count(where, conn=conn)
             rows = jq.dead.list(where, limit=max(n, 1), conn=conn)
+            revive = jq.dead.would_revive([r.id for r in rows], conn=conn)
         if as_json:
-            emit_json({"dry_run": True, "would_replay": [r.id for r in rows]})
+            emit_json({"dry_run": True, "would_replay": [r.id for r in rows],
+                       "would_revive": revive})
             return
         typer.echo(f"would replay {n} dead job(s): " + ", ".join(str(r.id) for r in rows[:50])
                    + (" ..." if n > 50 else ""))
+        if revive:
+            typer.echo(f"and revive {len(revive)} workflow node(s) that died of them: "
+                       + ", ".join(str(i) for i in revive[:50])
+                       + (" ..." if len(revive) > 50 else ""))
         return
     result = jq.dead.replay(where)
     if as_json:
-        emit_json({"replayed": result.replayed, "skipped": result.skipped})
+        emit_json({"replayed": result.replayed, "skipped": result.skipped,
+                   "revived": result.revived})
         return
     typer.echo(f"replayed {len(result.replayed)} dead job(s)"
                + (f", skipped {result.skipped} whose unique_key is live" if result.skipped
-                  else ""))
+                  else "")
+               + (f"; revived {len(result.revived)} workflow node(s) waiting on them"
+                  if result.revived else ""))
     for dead_id, job_id in list(result.replayed.items())[:20]:
         typer.echo(f"  dead {dead_id} -> job {job_id}")
 

@@ -7,6 +7,7 @@ so one static statement serves every combination.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from jobqueue import sql
@@ -43,11 +44,44 @@ def dead_purge(where: dict[str, Any]) -> Op:
 
 
 def dead_replay_batch(where: dict[str, Any], after_id: int, limit: int,
-                      channel: str) -> Op:
-    """One batch of a replay: new jobs inserted and the dead rows marked, in one
-    statement. Batches walk the ids upwards (``after_id``)."""
-    return rows("dead_replay", {**where, "after_id": after_id, "limit": limit,
-                                "channel": channel}, ReplayedRow)
+                      channel: str) -> Procedure[tuple[list[ReplayedRow], list[int]]]:
+    """One batch of a replay, in one transaction: new jobs inserted and the dead rows
+    marked (one statement; batches walk the ids upwards, ``after_id``), then for
+    workflow nodes among them the revival of what died of them (the ids revived)."""
+    batch: tuple[list[ReplayedRow], list[int]] = yield from in_transaction(
+        _replay_batch(where, after_id, limit, channel))
+    return batch
+
+
+def _replay_batch(where: dict[str, Any], after_id: int, limit: int,
+                  channel: str) -> Procedure[tuple[list[ReplayedRow], list[int]]]:
+    replayed: list[ReplayedRow] = yield rows("dead_replay", {
+        **where, "after_id": after_id, "limit": limit, "channel": channel}, ReplayedRow)
+    pairs = [(r.dead_id, r.job_id) for r in replayed
+             if r.dead_id is not None and r.job_id is not None]
+    revived: list[int] = []
+    if not pairs:
+        return replayed, revived
+    touched: list[Any] = yield rows("workflow_replayed", {
+        "old_ids": [p[0] for p in pairs], "new_ids": [p[1] for p in pairs]}, _WorkflowId)
+    workflows = [t.workflow_id for t in touched]
+    while workflows:
+        # Level by level: a node comes back once each of its dependencies is done or live.
+        step: list[JobId] = yield rows("workflow_revive", {"workflows": workflows}, JobId)
+        if not step:
+            break
+        revived += [r.id for r in step]
+    return replayed, revived
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkflowId:
+    workflow_id: int
+
+
+def doomed_by(ids: list[int]) -> Op:
+    """The dead nodes a replay of ``ids`` would revive (dry run)."""
+    return rows("workflow_doomed_by", {"ids": ids}, JobId)
 
 
 # -- queue controls -------------------------------------------------------------------------
@@ -83,11 +117,12 @@ def stored_schedules() -> Op:
 
 #: The statements that grant each kind of role what it needs, in order.
 GRANTS = {
-    "producer": ("grant_schema_usage", "grant_producer", "grant_job_ids"),
+    "producer": ("grant_schema_usage", "grant_producer", "grant_job_ids",
+                 "grant_producer_workflows"),
     # Reading outcomes (app.job, app.result) sees args and results: a right of its own.
-    "results": ("grant_schema_usage", "grant_results"),
+    "results": ("grant_schema_usage", "grant_results", "grant_results_workflows"),
     "worker": ("grant_schema_usage", "grant_worker", "grant_worker_reads", "grant_job_ids",
-               "grant_worker_history"),
+               "grant_worker_history", "grant_worker_workflows"),
 }
 
 

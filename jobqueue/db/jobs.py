@@ -29,9 +29,16 @@ from jobqueue.db.statement import (
 from jobqueue.enqueue import JobBatch
 from jobqueue.errors import DatabaseError, DuplicateJobError, LeaseLostError
 from jobqueue.outcome import CANCELLED_QUEUED, Kind, Outcome
-from jobqueue.protocol import cancel_message
+from jobqueue.protocol import cancel_message, job_channel, outcome_channel
 from jobqueue.registry import Attempts
-from jobqueue.rows import ClaimedJob, HeldJob, JobId, QueueCapacity, QueueSettings, ReservedIds
+from jobqueue.rows import (
+    ClaimedJob,
+    HeldJob,
+    JobId,
+    QueueCapacity,
+    QueueSettings,
+    ReservedIds,
+)
 
 # How often an enqueue with a unique_key tries again when the live job that
 # blocked its INSERT finished before the lookup could return it.
@@ -264,26 +271,28 @@ def _json(value: str | None) -> str:
     return "null" if value is None else value
 
 
-def succeed(ok: Sequence[Outcome], worker_id: str, awaited_channel: str) -> Op:
-    """The ack of successes: out of jobs, into history (see ack_succeeded)."""
+def succeed(ok: Sequence[Outcome], worker_id: str, schema: str) -> Op:
+    """The ack of successes: out of jobs, into history, workflow nodes waiting for
+    them advanced (see ack_succeeded)."""
     return rows("ack_succeeded", {
         "ids": [o.job.id for o in ok],
         "per_job": per_job((o.job.id, (str(o.job.attempts), repr(float(o.keep)),
                                        _json(o.result), _json(o.progress))) for o in ok),
-        "worker_id": worker_id, "awaited_channel": awaited_channel}, JobId)
+        "worker_id": worker_id, "awaited_channel": outcome_channel(schema),
+        "channel": job_channel(schema)}, JobId)
 
 
-def commit_success(outcome: Outcome, worker_id: str, awaited_channel: str) -> Procedure[None]:
+def commit_success(outcome: Outcome, worker_id: str, schema: str) -> Procedure[None]:
     """A transactional handler's ack, inside its transaction: LeaseLostError when the
     attempt no longer owns the job, so that the caller rolls everything back."""
-    acked: list[JobId] = yield succeed([outcome], worker_id, awaited_channel)
+    acked: list[JobId] = yield succeed([outcome], worker_id, schema)
     if not acked:
         raise LeaseLostError(f"job {outcome.job.id}: attempt {outcome.job.attempts} no longer "
                              "holds the job's lease; its transaction is rolled back")
 
 
 def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
-           worker_id: str, awaited_channel: str) -> Procedure[Recorded]:
+           worker_id: str, schema: str) -> Procedure[Recorded]:
     """Persist a batch of outcomes in one round trip (the completer's flush).
 
     One DELETE for every success, one UPDATE for every retry, one DELETE-INSERT
@@ -304,7 +313,7 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
             by_kind[o.kind].append(o)
     ops: list[Op] = []
     if ok := by_kind[Kind.SUCCEEDED]:
-        ops.append(succeed(ok, worker_id, awaited_channel))
+        ops.append(succeed(ok, worker_id, schema))
     if retries := by_kind[Kind.RETRIED]:
         ops.append(rows("ack_retry", {
             "ids": [o.job.id for o in retries],
@@ -318,7 +327,7 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
             "per_job": per_job((o.job.id, (json.dumps(o.reason.value if o.reason else None),
                                            _json(o.error.to_json() if o.error else None)))
                                for o in dead),
-            "worker_id": worker_id, "awaited_channel": awaited_channel}, JobId))
+            "worker_id": worker_id, "awaited_channel": outcome_channel(schema)}, JobId))
     if released := by_kind[Kind.RELEASED]:
         ops.append(rows("release_jobs", {"ids": [o.job.id for o in released],
                                          "worker_id": worker_id}, JobId))
@@ -384,6 +393,7 @@ def cancel(job_id: int, control: str, awaited_channel: str) -> Procedure[str]:
 
 
 def _cancel(job_id: int, control: str, awaited_channel: str) -> Procedure[str]:
+    # A waiting workflow node is cancelled like a queued job (and its dependents die).
     kind, message = CANCELLED_QUEUED
     if (yield scalar("cancel_queued", {"id": job_id, "error_type": kind, "error_message": message,
                                        "awaited_channel": awaited_channel})) is not None:

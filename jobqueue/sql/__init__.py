@@ -57,10 +57,24 @@ def compose(name: str, schema: str, **identifiers: str) -> sql.Composed:
     except KeyError:
         raise KeyError(f"no statement named {name!r} in queries.sql") from None
     ident = sql.Identifier(schema)
-    fragments = {key.removeprefix("fragment_"): sql.SQL(body).format(schema=ident)
-                 for key, body in statements.items() if key.startswith("fragment_")}
+    fragments = _fragments(statements, ident)
     idents = {key: sql.Identifier(value) for key, value in identifiers.items()}
     return sql.SQL(text).format(schema=ident, **fragments, **idents)
+
+
+def _fragments(statements: dict[str, str], ident: sql.Identifier) -> dict[str, sql.Composed]:
+    """The fragments composed for a schema; a fragment may include fragments that
+    include none (one level: enough, and no cycle can form)."""
+    raw = {key.removeprefix("fragment_"): body for key, body in statements.items()
+           if key.startswith("fragment_")}
+    plain: dict[str, sql.Composed] = {}
+    for key, body in raw.items():
+        try:
+            plain[key] = sql.SQL(body).format(schema=ident)
+        except KeyError:
+            continue  # it includes another fragment: composed below
+    return {key: plain.get(key) or sql.SQL(body).format(schema=ident, **plain)
+            for key, body in raw.items()}
 
 
 def schema_revision_text(revision: str, schema: str) -> str:

@@ -125,14 +125,36 @@ WITH done AS (
     INSERT INTO {schema}.job_history (id, queue, task, args, result, attempts, max_attempts,
                                       priority, errors, progress, correlation_id, replay_of,
                                       cron_name, worker, created_at, started_at, finished_at,
-                                      expires_at)
+                                      expires_at, workflow_id)
     SELECT id, queue, task, args, nullif(mine -> 2, 'null'), attempts, max_attempts, priority,
            errors, coalesce(nullif(mine -> 3, 'null'), progress), correlation_id, replay_of,
            cron_name, %(worker_id)s, created_at, started_at, statement_timestamp(),
-           statement_timestamp() + make_interval(secs => (mine ->> 1)::float8)
+           statement_timestamp() + make_interval(secs => (mine ->> 1)::float8), workflow_id
     FROM done WHERE (mine ->> 1)::float8 > 0
+), advanced AS (
+    -- Workflow nodes: each edge from a job that succeeded here is done, with its
+    -- result (what the waiting node will read as ctx.parent_results) ...
+    UPDATE {schema}.job_deps AS d SET done = true, result = nullif(s.mine -> 2, 'null')
+    FROM done AS s
+    WHERE s.workflow_id IS NOT NULL AND d.depends_on = s.id AND NOT d.done
+    RETURNING d.job_id
+), released AS (
+    -- ... and a node whose last dependency that was becomes claimable. Two acks
+    -- of a chord's last members at the same instant both update its row: the
+    -- second waits for the first's row lock, then re-reads the row, so exactly
+    -- one of them sees the count reach zero (fan-in exactly once).
+    UPDATE {schema}.jobs AS w
+    SET waiting = w.waiting - a.n,
+        state = CASE WHEN w.waiting - a.n <= 0 THEN 'queued' ELSE 'waiting' END,
+        run_at = CASE WHEN w.waiting - a.n <= 0 THEN now() ELSE w.run_at END
+    FROM (SELECT job_id, count(*)::integer AS n FROM advanced GROUP BY job_id) AS a
+    WHERE w.id = a.job_id AND w.state = 'waiting'
+    RETURNING w.queue, w.state
+), woken AS (
+    SELECT count(pg_notify(%(channel)s, q.queue)) AS n
+    FROM (SELECT DISTINCT queue FROM released WHERE state = 'queued') AS q
 ), {notify_awaited}
-SELECT done.id FROM done CROSS JOIN notified;
+SELECT done.id FROM done CROSS JOIN notified CROSS JOIN woken;
 
 -- name: fragment_notify_awaited
 -- The end of every statement that finishes jobs ("done" holds their rows):
@@ -175,8 +197,41 @@ WITH done AS (
            reason
     FROM done
     RETURNING id
-), {notify_awaited}
+), {fail_dependents}, {notify_awaited}
 SELECT dead.id FROM dead CROSS JOIN notified;
+
+-- name: fragment_fail_dependents
+-- After "done" (jobs that just died): every workflow node waiting downstream of
+-- one of them, directly or not, dies too, in the same statement, with reason
+-- dependency_failed and an error naming the node whose death doomed it; so a
+-- broken branch is in dead_jobs at once and nothing waits for ever.
+doomed AS (
+    SELECT DISTINCT ON (down.id) down.id, down.failed
+    FROM (WITH RECURSIVE down(id, failed) AS (
+              SELECT d.job_id, d.depends_on
+              FROM {schema}.job_deps AS d JOIN done AS f ON d.depends_on = f.id
+              WHERE f.workflow_id IS NOT NULL
+              UNION
+              SELECT d.job_id, down.failed
+              FROM {schema}.job_deps AS d JOIN down ON d.depends_on = down.id)
+          SELECT id, failed FROM down) AS down
+    ORDER BY down.id, down.failed
+), doomed_gone AS (
+    -- "= ANY(ARRAY(...))", not a join with doomed: the planner, sure that no row
+    -- waits, would otherwise read jobs whole on every dead-letter (as in the claim).
+    DELETE FROM {schema}.jobs AS j
+    WHERE j.id = ANY(ARRAY(SELECT id FROM doomed)) AND j.state = 'waiting'
+    RETURNING j.*, (SELECT failed FROM doomed WHERE doomed.id = j.id) AS failed
+), doomed_dead AS (
+    INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
+    SELECT {dead_columns},
+           errors || jsonb_build_array(jsonb_build_object(
+               'at', now(), 'attempt', attempts, 'worker', NULL, 'type', 'DependencyFailed',
+               'message', 'job ' || failed || ', which it depends on, is dead',
+               'traceback', NULL)),
+           'dependency_failed'
+    FROM doomed_gone
+)
 
 -- name: job_owners
 -- Who holds these jobs now (for jobs whose outcome this worker could not write).
@@ -270,7 +325,7 @@ RETURNING w.id;
 -- The columns a job takes with it into dead_jobs (besides errors and reason),
 -- listed once for every statement that moves jobs there.
 id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key, cron_name,
-replay_of, created_at, lock_key, correlation_id, started_at, progress
+replay_of, created_at, lock_key, correlation_id, started_at, progress, workflow_id
 
 -- name: fragment_error_entry
 -- One element of a job's errors array built in SQL, for a job whose attempt
@@ -296,7 +351,7 @@ WITH done AS (
     SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'crashed'
     FROM done
     RETURNING id
-), {notify_awaited}
+), {fail_dependents}, {notify_awaited}
 SELECT dead.id FROM dead CROSS JOIN notified;
 
 -- name: rescue_requeue
@@ -412,14 +467,14 @@ SELECT pg_advisory_xact_lock(%(key)s);
 -- A queued job is cancelled at once: moved to dead_jobs (reason 'cancelled')
 -- in one statement, so it stays visible for audit and can be replayed.
 WITH done AS (
-    DELETE FROM {schema}.jobs WHERE id = %(id)s AND state = 'queued'
+    DELETE FROM {schema}.jobs WHERE id = %(id)s AND state IN ('queued', 'waiting')
     RETURNING *
 ), dead AS (
     INSERT INTO {schema}.dead_jobs ({dead_columns}, errors, reason)
     SELECT {dead_columns}, errors || jsonb_build_array({error_entry}), 'cancelled'
     FROM done
     RETURNING id
-), {notify_awaited}
+), {fail_dependents}, {notify_awaited}
 SELECT dead.id FROM dead CROSS JOIN notified;
 
 -- name: cancel_running
@@ -815,7 +870,14 @@ SET state = 'running',
 WHERE j.id = ANY(ARRAY(SELECT id FROM picked
                        WHERE lock_key IS NULL OR id IN (SELECT job_id FROM locked)))
 RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.priority,
-          j.run_at, j.created_at, j.lock_key, j.correlation_id, j.cancel_requested
+          j.run_at, j.created_at, j.lock_key, j.correlation_id, j.cancel_requested,
+          j.workflow_id,
+          -- A workflow node's inputs (ctx.parent_results), in order, with the claim
+          -- (no round trip more); never looked up for a plain job.
+          CASE WHEN j.workflow_id IS NOT NULL THEN
+              (SELECT array_agg(d.result ORDER BY d.position) FROM {schema}.job_deps AS d
+               WHERE d.job_id = j.id)
+          END AS parent_results
 
 -- name: claim
 -- The fetcher's claim. Each queue's head is read from jobs_ready_idx with
@@ -894,6 +956,145 @@ WHERE l.job_id = ANY(%(ids)s::bigint[])
 DELETE FROM {schema}.job_locks AS l
 WHERE NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j
                   WHERE j.id = l.job_id AND j.state = 'running');
+
+-- ==== workflows ====
+
+-- name: insert_workflow
+-- A whole workflow in one statement (one round trip, atomic in the caller's
+-- transaction): the workflow row, its nodes (ids drawn first, so that edges can
+-- name them), its edges, one NOTIFY per queue with a node ready now.
+WITH wf AS (
+    INSERT INTO {schema}.workflows (nodes, correlation_id)
+    VALUES (%(n)s, %(correlation_id)s::text)
+    RETURNING id
+), ids AS (
+    SELECT g.ord, nextval(pg_get_serial_sequence(%(table)s, 'id')) AS id
+    FROM generate_series(1, %(n)s) AS g(ord)
+), job AS (
+    INSERT INTO {schema}.jobs (id, queue, task, args, priority, max_attempts, state, waiting,
+                               workflow_id, correlation_id)
+    OVERRIDING SYSTEM VALUE
+    SELECT ids.id, u.queue, u.task, u.args, u.priority, u.max_attempts,
+           CASE WHEN u.waiting > 0 THEN 'waiting' ELSE 'queued' END, u.waiting, wf.id,
+           %(correlation_id)s::text
+    FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
+                %(priorities)s::smallint[], %(max_attempts)s::integer[], %(waiting)s::integer[])
+         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, waiting, ord)
+    JOIN ids ON ids.ord = u.ord
+    CROSS JOIN wf
+    RETURNING id
+), edge AS (
+    INSERT INTO {schema}.job_deps (job_id, position, depends_on)
+    SELECT a.id, e.position, b.id
+    FROM unnest(%(edge_nodes)s::integer[], %(edge_deps)s::integer[],
+                %(edge_positions)s::integer[]) AS e(node, dep, position)
+    JOIN ids AS a ON a.ord = e.node
+    JOIN ids AS b ON b.ord = e.dep
+), notified AS (
+    -- From the input, not RETURNING: a producer role may not read jobs' state.
+    -- Delivered at COMMIT, so only if the nodes commit too.
+    SELECT count(pg_notify(%(channel)s, q.queue)) AS n
+    FROM (SELECT DISTINCT r.queue
+          FROM unnest(%(queues)s::text[], %(waiting)s::integer[]) AS r(queue, waiting)
+          WHERE r.waiting = 0) AS q
+)
+SELECT wf.id AS workflow_id, ARRAY(SELECT id FROM ids ORDER BY ord) AS ids
+FROM wf CROSS JOIN notified CROSS JOIN (SELECT count(*) FROM job) AS inserted;
+
+-- name: workflow_replayed
+-- After a replay of dead workflow nodes (old dead id -> new job id): the new
+-- job takes the old one's place in its workflow (its edges, both ways), so
+-- the nodes waiting for it wait for the new job. Returns the workflows touched.
+WITH pairs AS (
+    SELECT p.old_id, p.new_id, d.workflow_id
+    FROM unnest(%(old_ids)s::bigint[], %(new_ids)s::bigint[]) AS p(old_id, new_id)
+    JOIN {schema}.dead_jobs AS d ON d.id = p.old_id
+    WHERE d.workflow_id IS NOT NULL
+), node AS (
+    UPDATE {schema}.jobs AS j SET workflow_id = p.workflow_id
+    FROM pairs AS p WHERE j.id = p.new_id
+    RETURNING j.id
+), inputs AS (
+    UPDATE {schema}.job_deps AS e SET job_id = p.new_id
+    FROM pairs AS p WHERE e.job_id = p.old_id
+    RETURNING e.job_id
+), outputs AS (
+    UPDATE {schema}.job_deps AS e SET depends_on = p.new_id
+    FROM pairs AS p WHERE e.depends_on = p.old_id
+    RETURNING e.job_id
+)
+SELECT DISTINCT workflow_id FROM pairs;
+
+-- name: workflow_revive
+-- One step of reviving a workflow after a replay: the nodes that died of a
+-- dependency (dependency_failed) and now have every dependency either done or
+-- live come back as waiting nodes, with their ids. Run until it revives none:
+-- a node behind another dead branch stays dead.
+WITH cand AS (
+    SELECT d.id FROM {schema}.dead_jobs AS d
+    WHERE d.workflow_id = ANY(%(workflows)s::bigint[]) AND d.reason = 'dependency_failed'
+      AND d.replayed_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.job_deps AS e
+          WHERE e.job_id = d.id AND NOT e.done
+            AND NOT EXISTS (SELECT 1 FROM {schema}.jobs AS j WHERE j.id = e.depends_on))
+), moved AS (
+    DELETE FROM {schema}.dead_jobs AS d USING cand WHERE d.id = cand.id
+    RETURNING d.*
+)
+INSERT INTO {schema}.jobs (id, queue, task, args, priority, run_at, max_attempts, unique_key,
+                           cron_name, replay_of, created_at, lock_key, correlation_id,
+                           workflow_id, errors, state, waiting)
+OVERRIDING SYSTEM VALUE
+SELECT m.id, m.queue, m.task, m.args, m.priority, now(), m.max_attempts, m.unique_key,
+       m.cron_name, m.replay_of, m.created_at, m.lock_key, m.correlation_id, m.workflow_id,
+       m.errors, 'waiting',
+       (SELECT count(*) FROM {schema}.job_deps AS e WHERE e.job_id = m.id AND NOT e.done)
+FROM moved AS m
+RETURNING id;
+
+-- name: workflow_doomed_by
+-- What a replay of these dead nodes would revive (for --dry-run): the nodes
+-- downstream of them that died of a dependency.
+WITH RECURSIVE down(id) AS (
+    SELECT e.job_id FROM {schema}.job_deps AS e WHERE e.depends_on = ANY(%(ids)s::bigint[])
+    UNION
+    SELECT e.job_id FROM {schema}.job_deps AS e JOIN down ON e.depends_on = down.id
+)
+SELECT d.id FROM {schema}.dead_jobs AS d JOIN down USING (id)
+WHERE d.reason = 'dependency_failed' AND d.replayed_at IS NULL
+ORDER BY d.id;
+
+-- name: workflow_nodes
+-- Every node of a workflow wherever it is (live, dead or in history), with
+-- the nodes it depends on, in order.
+SELECT n.id, n.task, n.queue, n.state, n.attempts, n.result, n.error, n.reason,
+       coalesce((SELECT array_agg(d.depends_on ORDER BY d.position)
+                 FROM {schema}.job_deps AS d WHERE d.job_id = n.id), '{{}}') AS depends_on
+FROM (
+    SELECT id, task, queue, state, attempts, NULL::jsonb AS result,
+           errors -> -1 ->> 'message' AS error, NULL::text AS reason
+    FROM {schema}.jobs WHERE workflow_id = %(id)s
+    UNION ALL
+    SELECT id, task, queue, 'succeeded', attempts, result, NULL, NULL
+    FROM {schema}.job_history WHERE workflow_id = %(id)s
+    UNION ALL
+    SELECT id, task, queue, CASE WHEN reason = 'cancelled' THEN 'cancelled' ELSE 'dead' END,
+           attempts, NULL, errors -> -1 ->> 'message', reason
+    FROM {schema}.dead_jobs WHERE workflow_id = %(id)s AND replayed_at IS NULL
+) AS n
+ORDER BY n.id;
+
+-- name: workflow_list
+-- The newest workflows, with how many nodes are where.
+SELECT w.id, w.nodes, w.created_at, w.correlation_id,
+       (SELECT count(*) FROM {schema}.jobs AS j WHERE j.workflow_id = w.id) AS live,
+       (SELECT count(*) FROM {schema}.job_history AS h WHERE h.workflow_id = w.id) AS succeeded,
+       (SELECT count(*) FROM {schema}.dead_jobs AS d
+        WHERE d.workflow_id = w.id AND d.replayed_at IS NULL) AS dead
+FROM {schema}.workflows AS w
+ORDER BY w.id DESC
+LIMIT %(limit)s;
 
 -- ==== results, history and progress ====
 
@@ -987,6 +1188,21 @@ GRANT SELECT, INSERT, UPDATE, DELETE
     ON {schema}.jobs, {schema}.dead_jobs, {schema}.workers, {schema}.cron,
        {schema}.job_locks, {schema}.queue_windows, {schema}.job_counts
     TO {role};
+
+-- name: grant_producer_workflows
+-- enqueue_workflow: the workflow row (and its id), its nodes' edges.
+GRANT INSERT ON {schema}.workflows, {schema}.job_deps TO {role};
+GRANT USAGE ON SEQUENCE {schema}.workflows_id_seq TO {role};
+
+-- name: grant_worker_workflows
+-- Acks advance workflow nodes (edges, waiting counts); the leader's rescue and
+-- dead-letters kill what waits downstream.
+GRANT SELECT, UPDATE ON {schema}.job_deps TO {role};
+GRANT SELECT ON {schema}.workflows TO {role};
+
+-- name: grant_results_workflows
+-- app.workflow() and app.workflows().
+GRANT SELECT ON {schema}.workflows, {schema}.job_deps TO {role};
 
 -- name: grant_worker_reads
 -- Pause and limits are the operator's to set; the schema revision is checked at start.

@@ -21,7 +21,6 @@ from jobqueue.db import jobs
 from jobqueue.db.store import AsyncStore
 from jobqueue.errors import DatabaseError
 from jobqueue.outcome import Outcome
-from jobqueue.protocol import outcome_channel
 from jobqueue.worker.service import Backoff, Service
 from jobqueue.worker.state import WorkerState
 
@@ -47,7 +46,6 @@ class Completer(Service):
         # The last flush's written outcomes per queue, counted in the next one.
         self._counts: jobs.Tally = {}
         self._full = asyncio.Event()
-        self.awaited_channel = outcome_channel(store.schema)
 
     # -- called by the executor ------------------------------------------------------------
 
@@ -110,7 +108,7 @@ class Completer(Service):
             # (their jobs still held, a burst worker still waiting for them).
             outcomes, unlock, counts = list(state.unacked), list(self._unlock), self._counts
             recorded = await self.store.run(jobs.record(outcomes, unlock, counts,
-                                                        state.worker_id, self.awaited_channel))
+                                                        state.worker_id, self.store.schema))
         # A fetcher held back by unwritten outcomes (see WorkerState.unacked_limit)
         # may claim again.
         held_back = len(state.unacked) > state.unacked_limit // 2

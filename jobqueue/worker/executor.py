@@ -108,6 +108,7 @@ class Executor:
         state = self.state
         ctx = JobContext(id=job.id, task=job.task, queue=job.queue, attempt=job.attempts,
                          max_attempts=job.max_attempts, worker_id=state.worker_id,
+                         parent_results=job.parent_results or [],
                          _on_progress=self.progress.report if self.progress else None)
         handler = self.tasks.get(job.task)
         state.idle.clear()

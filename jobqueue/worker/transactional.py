@@ -27,7 +27,6 @@ from jobqueue.db.drivers import OrmSessions
 from jobqueue.db.statement import Procedure
 from jobqueue.db.store import AsyncStore, PoolOptions, Store
 from jobqueue.outcome import Outcome
-from jobqueue.protocol import outcome_channel
 
 
 class Transactions:
@@ -41,12 +40,12 @@ class Transactions:
         self.sync = Store(settings, options=options, probe=False)
         self.aio = AsyncStore(settings, options=options, probe=False)
         self.worker_id = worker_id
-        self.channel = outcome_channel(settings.schema)
+        self.schema = settings.schema
         self.orm = OrmSessions()  # ctx.session() / ctx.async_session()
 
     def ack(self, outcome: Outcome) -> Procedure[None]:
         """The fenced ack, run in the handler's transaction before its COMMIT."""
-        return jobs.commit_success(outcome, self.worker_id, self.channel)
+        return jobs.commit_success(outcome, self.worker_id, self.schema)
 
     async def aclose(self) -> None:
         await self.aio.aclose()

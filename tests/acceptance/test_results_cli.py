@@ -59,3 +59,31 @@ def test_job_show_and_history_list(app: JobQueue, cli: Cli, workers: Workers,
     assert_one_error_line(cli("job", "show", "987654321"), "no job 987654321")
     assert_one_error_line(cli("history", "list", "--since", "yesterday-ish"), "--since")
     assert worker.stop() == 0
+
+
+def test_workflow_show_and_list(app: JobQueue, cli: Cli, workers: Workers) -> None:
+    from jobqueue import chain, chord, group
+
+    flow = chain(chord(group(app.sig("answer", {"n": n}, strict=False) for n in range(3)),
+                       app.sig("answer", {"n": 100}, strict=False)),
+                 app.sig("refuse", {"why": "stop here"}, strict=False),
+                 app.sig("answer", {"n": 7}, strict=False))
+    handle = app.enqueue_workflow(flow)
+    worker = workers.start("--burst", app=APP)
+    assert worker.wait(60) == 0
+    shown = json.loads(cli.ok("workflow", "show", str(handle.workflow_id), "--json"))
+    assert shown["state"] == "failed"
+    assert [n["state"] for n in shown["nodes"]] == ["succeeded"] * 4 + ["dead", "dead"]
+    assert shown["nodes"][3]["depends_on"] == handle.ids[:3]
+    assert shown["nodes"][5]["reason"] == "dependency_failed"
+    text = cli.ok("workflow", "show", str(handle.workflow_id))
+    assert f"workflow {handle.workflow_id}: failed, 6 node(s)" in text
+    assert "dead (dependency_failed)" in text and '{"doubled": 200}' in text
+    listed = json.loads(cli.ok("workflow", "list", "--json"))
+    assert [(w["id"], w["state"], w["succeeded"], w["dead"]) for w in listed] == [
+        (handle.workflow_id, "failed", 4, 2)]
+    assert_one_error_line(cli("workflow", "show", "424242"), "no workflow 424242")
+    # The dry run names the dependents a replay would revive.
+    dry = json.loads(cli.ok("dead", "replay", str(handle.ids[4]), "--dry-run", "--json"))
+    assert dry == {"dry_run": True, "would_replay": [handle.ids[4]],
+                   "would_revive": [handle.ids[5]]}

@@ -218,3 +218,41 @@ def test_reading_outcomes_is_a_right_of_its_own(
         jobs = sql.Identifier(schema, "jobs")
         refused(conn, sql.SQL("UPDATE {} SET args = '{{}}'").format(jobs))
         refused(conn, sql.SQL("DELETE FROM {}").format(sql.Identifier(schema, "job_history")))
+
+
+def test_workflows_run_with_least_privilege(
+        cli: support.Cli, pg_dsn: str, schema: str, producer_role: str, worker_role: str,
+        admin: psycopg.Connection[Any]) -> None:
+    from jobqueue import chain, chord, group
+
+    cli.ok("migrate", "--grant-producer", producer_role, "--grant-worker", worker_role,
+           "--grant-results", producer_role)
+    producer = JobQueue(as_role(pg_dsn, producer_role), schema=schema)
+    workers = JobQueue(as_role(pg_dsn, worker_role), schema=schema)
+
+    @workers.task
+    def part(n: int) -> int:
+        return n
+
+    @workers.task(pass_context=True)
+    def join(ctx: JobContext) -> list[int]:
+        return list(ctx.parent_results)
+
+    @workers.task(max_attempts=1)
+    def fail() -> None:
+        raise RuntimeError("no")
+
+    try:
+        ok = producer.enqueue_workflow(chord(group(producer.sig("part", {"n": n}, strict=False)
+                                                   for n in range(3)),
+                                             producer.sig("join", strict=False)))
+        broken = producer.enqueue_workflow(chain(producer.sig("fail", strict=False),
+                                                 producer.sig("join", strict=False)))
+        with worker_thread(workers):
+            assert producer.result(ok.ids[-1], timeout=20) == [0, 1, 2]
+            wait_until(lambda: count(admin, schema, "dead_jobs") == 2, 20,
+                       message="the failure and its dependent")
+        assert producer.workflow(broken.workflow_id).nodes[1].reason == "dependency_failed"
+    finally:
+        producer.close()
+        workers.close()

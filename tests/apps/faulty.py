@@ -123,3 +123,22 @@ async def tx_effect_async(ctx: JobContext, fail_rate: float = 0.0, work: float =
     if random.random() < fail_rate:
         raise FlakyError(f"job {ctx.id} failed on purpose (attempt {ctx.attempt})")
     return ctx.attempt
+
+
+@app.task(pass_context=True, max_attempts=25, retry=FAST_RETRY)
+def member(ctx: JobContext, i: int, fail_rate: float = 0.0, work: float = 0.0) -> int:
+    """A chord member: work, fail transiently with probability ``fail_rate``, return ``i``."""
+    time.sleep(random.uniform(0.0, work))
+    if random.random() < fail_rate:
+        raise FlakyError(f"member {ctx.id} failed on purpose (attempt {ctx.attempt})")
+    return i
+
+
+@app.task(pass_context=True, transactional=True, max_attempts=25, retry=FAST_RETRY)
+def collect(ctx: JobContext) -> int:
+    """A chord's callback: records the results it received, in the job's transaction
+    (so a run killed before its commit leaves no row, and a row means it ran once)."""
+    ctx.conn.execute(sql.SQL("INSERT INTO {} (job_id, results, pid) VALUES (%s, %s, %s)").format(
+        sql.Identifier(app.schema, "chord_runs")),
+        (ctx.id, psycopg.types.json.Jsonb(ctx.parent_results), os.getpid()))
+    return len(ctx.parent_results)

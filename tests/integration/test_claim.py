@@ -246,7 +246,7 @@ def realistic_jobs(app: JobQueue, admin: psycopg.Connection[Any]) -> str:
     admin.execute(sql.query("ack_succeeded", app.schema),
                   {"ids": acked, "per_job": per_job((i, ("1", "0.0", "null", "null"))
                                                     for i in acked),
-                   "worker_id": "busy-worker", "awaited_channel": "unused"})
+                   "worker_id": "busy-worker", "awaited_channel": "unused", "channel": "unused"})
     admin.execute(pgsql.SQL("ANALYZE {}").format(jobs))
     return app.schema
 

@@ -367,7 +367,7 @@ def test_acks_delete_by_the_primary_key_even_with_stale_statistics(
     values = {"ack_succeeded": ("1", "3600.0", "null", "null"), "ack_retry": ("1", "1.0", "{}"),
               "ack_dead": ('"exhausted"', "null")}[statement]
     params = {"ids": ids, "per_job": per_job((i, values) for i in ids), "worker_id": "w",
-              "awaited_channel": "unused"}
+              "awaited_channel": "unused", "channel": "unused"}
     admin.execute("SET plan_cache_mode = force_custom_plan")
     with admin.transaction(force_rollback=True):
         plan = "\n".join(r[0] for r in admin.execute(

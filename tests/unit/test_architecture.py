@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("leaves", ("jobqueue.errors", "jobqueue.config", "jobqueue.protocol", "jobqueue.rows",
                 "jobqueue.outcome", "jobqueue.log")),
     ("pure logic", ("jobqueue.payload", "jobqueue.tasks", "jobqueue.cron",
-                    "jobqueue.registry", "jobqueue.enqueue")),
+                    "jobqueue.registry", "jobqueue.enqueue", "jobqueue.workflow")),
     ("store", ("jobqueue.sql", "jobqueue.embedded", "jobqueue.db")),
     ("admin", ("jobqueue.dead", "jobqueue.queues", "jobqueue.doctor", "jobqueue.metrics",
                "jobqueue.results")),
