@@ -287,7 +287,7 @@ class JobQueue:
     def enqueue_workflow(self, canvas: flows.Canvas, *, conn: Any = None,
                          correlation_id: str | None = None) -> WorkflowIds:
         """Enqueue a whole workflow in one statement (in the caller's transaction with
-        ``conn``): its id (``.workflow_id``) and its nodes' job ids in order (``.ids``)."""
+        ``conn``): its id (``.id``) and its nodes' job ids in order (``.ids``)."""
         plan = self._plan(canvas)
         found: WorkflowIds = self.store.run(workflows.insert(
             plan, self.schema, check_correlation_id(correlation_id)), conn)

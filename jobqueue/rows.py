@@ -348,9 +348,10 @@ class HistoryEntry:
 
 @dataclass(frozen=True)
 class WorkflowIds:
-    """What enqueue_workflow returns: the workflow's id and its nodes' job ids, in order."""
+    """What enqueue_workflow returns (the handle): the workflow's ``id`` and its nodes'
+    job ids, in order (``ids``)."""
 
-    workflow_id: int
+    id: int
     ids: list[int]
 
 

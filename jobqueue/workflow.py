@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from jobqueue.errors import PayloadError
-from jobqueue.payload import check_max_attempts, check_priority, encode_args
+from jobqueue.payload import check_lock_key, check_max_attempts, check_priority, encode_args
 from jobqueue.registry import Registry, TaskRef
 
 #: The most nodes one workflow may have (one statement inserts them all).
@@ -36,6 +36,8 @@ class SigOptions(TypedDict, total=False):
     queue: str | None
     priority: int | None
     max_attempts: int | None
+    #: Nodes (and jobs) sharing a lock key never run at the same time.
+    lock: str | None
     strict: bool
 
 
@@ -48,6 +50,7 @@ class Signature:
     queue: str
     priority: int
     max_attempts: int | None
+    lock_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def signature(registry: Registry, ref: TaskRef, args: Mapping[str, Any] | None,
     return Signature(
         task=name, args=encode_args(args, registry.payload_limit), queue=queue,
         priority=check_priority(task.priority if priority is None and task else priority or 0),
-        max_attempts=None if attempts is None else check_max_attempts(attempts))
+        max_attempts=None if attempts is None else check_max_attempts(attempts),
+        lock_key=check_lock_key(options.get("lock")))
 
 
 @dataclass

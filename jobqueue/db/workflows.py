@@ -24,6 +24,7 @@ def insert(plan: Plan, schema: str, correlation_id: str | None) -> Procedure[Wor
         "queues": [n.queue for n in nodes], "tasks": [n.task for n in nodes],
         "args": [n.args for n in nodes], "priorities": [n.priority for n in nodes],
         "max_attempts": [n.max_attempts for n in nodes], "waiting": plan.waiting(),
+        "lock_keys": [n.lock_key for n in nodes],
         "edge_nodes": [e[0] for e in edges], "edge_deps": [e[1] for e in edges],
         "edge_positions": [e[2] for e in edges]}, WorkflowIds)
     return inserted

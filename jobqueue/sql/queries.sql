@@ -972,14 +972,15 @@ WITH wf AS (
     FROM generate_series(1, %(n)s) AS g(ord)
 ), job AS (
     INSERT INTO {schema}.jobs (id, queue, task, args, priority, max_attempts, state, waiting,
-                               workflow_id, correlation_id)
+                               workflow_id, correlation_id, lock_key)
     OVERRIDING SYSTEM VALUE
     SELECT ids.id, u.queue, u.task, u.args, u.priority, u.max_attempts,
            CASE WHEN u.waiting > 0 THEN 'waiting' ELSE 'queued' END, u.waiting, wf.id,
-           %(correlation_id)s::text
+           %(correlation_id)s::text, u.lock_key
     FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
-                %(priorities)s::smallint[], %(max_attempts)s::integer[], %(waiting)s::integer[])
-         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, waiting, ord)
+                %(priorities)s::smallint[], %(max_attempts)s::integer[], %(waiting)s::integer[],
+                %(lock_keys)s::text[])
+         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, waiting, lock_key, ord)
     JOIN ids ON ids.ord = u.ord
     CROSS JOIN wf
     RETURNING id
@@ -998,7 +999,7 @@ WITH wf AS (
           FROM unnest(%(queues)s::text[], %(waiting)s::integer[]) AS r(queue, waiting)
           WHERE r.waiting = 0) AS q
 )
-SELECT wf.id AS workflow_id, ARRAY(SELECT id FROM ids ORDER BY ord) AS ids
+SELECT wf.id, ARRAY(SELECT id FROM ids ORDER BY ord) AS ids
 FROM wf CROSS JOIN notified CROSS JOIN (SELECT count(*) FROM job) AS inserted;
 
 -- name: workflow_replayed

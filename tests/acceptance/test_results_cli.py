@@ -71,17 +71,17 @@ def test_workflow_show_and_list(app: JobQueue, cli: Cli, workers: Workers) -> No
     handle = app.enqueue_workflow(flow)
     worker = workers.start("--burst", app=APP)
     assert worker.wait(60) == 0
-    shown = json.loads(cli.ok("workflow", "show", str(handle.workflow_id), "--json"))
+    shown = json.loads(cli.ok("workflow", "show", str(handle.id), "--json"))
     assert shown["state"] == "failed"
     assert [n["state"] for n in shown["nodes"]] == ["succeeded"] * 4 + ["dead", "dead"]
     assert shown["nodes"][3]["depends_on"] == handle.ids[:3]
     assert shown["nodes"][5]["reason"] == "dependency_failed"
-    text = cli.ok("workflow", "show", str(handle.workflow_id))
-    assert f"workflow {handle.workflow_id}: failed, 6 node(s)" in text
+    text = cli.ok("workflow", "show", str(handle.id))
+    assert f"workflow {handle.id}: failed, 6 node(s)" in text
     assert "dead (dependency_failed)" in text and '{"doubled": 200}' in text
     listed = json.loads(cli.ok("workflow", "list", "--json"))
     assert [(w["id"], w["state"], w["succeeded"], w["dead"]) for w in listed] == [
-        (handle.workflow_id, "failed", 4, 2)]
+        (handle.id, "failed", 4, 2)]
     assert_one_error_line(cli("workflow", "show", "424242"), "no workflow 424242")
     # The dry run names the dependents a replay would revive.
     dry = json.loads(cli.ok("dead", "replay", str(handle.ids[4]), "--dry-run", "--json"))

@@ -252,7 +252,7 @@ def test_workflows_run_with_least_privilege(
             assert producer.result(ok.ids[-1], timeout=20) == [0, 1, 2]
             wait_until(lambda: count(admin, schema, "dead_jobs") == 2, 20,
                        message="the failure and its dependent")
-        assert producer.workflow(broken.workflow_id).nodes[1].reason == "dependency_failed"
+        assert producer.workflow(broken.id).nodes[1].reason == "dependency_failed"
     finally:
         producer.close()
         workers.close()

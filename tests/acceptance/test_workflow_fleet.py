@@ -76,6 +76,6 @@ def test_every_chord_callback_runs_once_with_its_results_in_order(
     assert db.value("SELECT count(*) FROM {schema}.dead_jobs") == 0
     assert db.value("SELECT count(*) FROM {schema}.job_history") == CHORDS * (MEMBERS + 1)
     for h in handles[:5]:
-        assert app.workflow(h.workflow_id).state == "succeeded"
+        assert app.workflow(h.id).state == "succeeded"
     assert steady.stop() == 0
     assert victim.stop() == 0

@@ -43,11 +43,11 @@ def test_a_chord_receives_its_members_results_in_order(app: JobQueue) -> None:
                  app.sig(notify, {"user": 1}))
     handle = app.enqueue_workflow(flow)
     assert len(handle.ids) == 10
-    info = app.workflow(handle.workflow_id)
+    info = app.workflow(handle.id)
     assert info.state == "running"
     assert [n.state for n in info.nodes] == ["queued"] * 8 + ["waiting"] * 2
     drain(app)
-    info = app.workflow(handle.workflow_id)
+    info = app.workflow(handle.id)
     assert info.state == "succeeded"
     squares = [n * n for n in range(8)]
     total_node, notify_node = info.nodes[8], info.nodes[9]
@@ -98,7 +98,7 @@ def test_a_failed_middle_kills_what_follows_and_a_replay_resumes_it(app: JobQueu
     handle = app.enqueue_workflow(chain(app.sig(download, {"url": "u"}), app.sig(parse),
                                         app.sig(store), app.sig(report)))
     drain(app)
-    info = app.workflow(handle.workflow_id)
+    info = app.workflow(handle.id)
     assert info.state == "failed"
     assert [(n.task, n.state, n.reason) for n in info.nodes] == [
         ("download", "succeeded", None), ("parse", "dead", "permanent"),
@@ -117,7 +117,7 @@ def test_a_failed_middle_kills_what_follows_and_a_replay_resumes_it(app: JobQueu
     assert list(replay.replayed) == [parse_id]
     assert replay.revived == handle.ids[2:]  # the same ids, waiting again
     drain(app)
-    info = app.workflow(handle.workflow_id)
+    info = app.workflow(handle.id)
     assert info.state == "succeeded", [(n.task, n.state) for n in info.nodes]
     by_task = {n.task: n for n in info.nodes}  # the replayed parse is a new job (new id)
     assert by_task["report"].result == f"reported stored {len('<html of u>')}"
@@ -139,7 +139,7 @@ def test_siblings_carry_on_when_one_branch_dies(app: JobQueue) -> None:
     branches = group(chain(app.sig(maybe, {"n": n}), app.sig(after)) for n in range(4))
     handle = app.enqueue_workflow(chord(branches, app.sig(after)))
     drain(app)
-    nodes = app.workflow(handle.workflow_id).nodes
+    nodes = app.workflow(handle.id).nodes
     states = [(n.task, n.state) for n in nodes]
     assert states == [("maybe", "succeeded"), ("after", "succeeded"),
                       ("maybe", "succeeded"), ("after", "succeeded"),
@@ -157,7 +157,7 @@ def test_cancelling_a_waiting_node_kills_its_dependents(app: JobQueue) -> None:
     handle = app.enqueue_workflow(chain(app.sig(step), app.sig(step), app.sig(step)))
     assert app.cancel(handle.ids[1]) == "cancelled"
     drain(app)
-    assert [(n.state, n.reason) for n in app.workflow(handle.workflow_id).nodes] == [
+    assert [(n.state, n.reason) for n in app.workflow(handle.id).nodes] == [
         ("succeeded", None), ("cancelled", "cancelled"), ("dead", "dependency_failed")]
 
 
@@ -171,7 +171,7 @@ def test_a_workflow_enqueued_in_a_rolled_back_transaction_never_existed(
     for table in ("jobs", "job_deps", "workflows"):
         assert count(admin, app.schema, table) == 0, table
     with pytest.raises(jobqueue.WorkflowNotFound):
-        app.workflow(handle.workflow_id)
+        app.workflow(handle.id)
 
 
 async def _enqueue_async(app: JobQueue, pg_dsn: str) -> list[int]:
@@ -282,11 +282,11 @@ def test_random_workflows_never_hang_and_respect_their_dependencies(
             app.cancel(job_id)
     drain(app)
 
-    info = app.workflow(handle.workflow_id)
+    info = app.workflow(handle.id)
     assert not RUNS.violations, RUNS.violations
     # Idle means settled: nothing waiting, queued or running is left of it.
     assert {n.state for n in info.nodes} <= {"succeeded", "dead", "cancelled"}, info.as_dict()
-    assert count(admin, app.schema, "jobs", "workflow_id = %s", (handle.workflow_id,)) == 0
+    assert count(admin, app.schema, "jobs", "workflow_id = %s", (handle.id,)) == 0
     by_id = {n.id: n for n in info.nodes}
     for n in info.nodes:
         if n.state == "succeeded":
@@ -334,4 +334,32 @@ def test_the_last_two_members_acked_at_the_same_instant_release_the_callback_onc
     row = admin.execute(sql.SQL("SELECT state, waiting FROM {} WHERE id = %s").format(
         sql.Identifier(app.schema, "jobs")), (handle.ids[2],)).fetchone()
     assert row == ("queued", 0)
-    assert app.workflow(handle.workflow_id).nodes[2].state == "queued"
+    assert app.workflow(handle.id).nodes[2].state == "queued"
+
+
+def test_nodes_are_ordinary_jobs_with_retries_locks_and_priorities(
+        app: JobQueue, admin: psycopg.Connection[Any]) -> None:
+    tries: dict[int, int] = {}
+
+    @app.task(pass_context=True, max_attempts=3,
+              retry=jobqueue.Retry(base=0.01, cap=0.02, jitter=False))
+    def flaky(ctx: JobContext, n: int) -> int:
+        tries[n] = ctx.attempt
+        if ctx.attempt < 2:
+            raise ConnectionError("once")
+        return n
+
+    @app.task(pass_context=True)
+    def total(ctx: JobContext) -> int:
+        return sum(ctx.parent_results)
+
+    handle = app.enqueue_workflow(chord(
+        group(app.sig(flaky, {"n": n}, lock="one-at-a-time", priority=-1) for n in range(3)),
+        app.sig(total, queue="default")))
+    rows = admin.execute(sql.SQL("SELECT lock_key, priority FROM {} WHERE id = ANY(%s)").format(
+        sql.Identifier(app.schema, "jobs")), (handle.ids[:3],)).fetchall()
+    assert rows == [("one-at-a-time", -1)] * 3
+    drain(app)
+    assert tries == {0: 2, 1: 2, 2: 2}
+    assert app.workflow(handle.id).nodes[-1].result == 3
+    assert app.job(handle.ids[0]).attempts == 2 and len(app.job(handle.ids[0]).errors) == 1
