@@ -202,7 +202,8 @@ class ReplayedRow:
 # -- results and history -----------------------------------------------------------------
 
 #: The states of a job, as JobInfo.state says them.
-JOB_STATES = ("queued", "scheduled", "running", "succeeded", "dead", "cancelled")
+JOB_STATES = ("queued", "scheduled", "running", "succeeded", "dead", "cancelled",
+              "waiting")  # waiting: a workflow node whose dependencies have not all succeeded
 
 
 @dataclass(frozen=True)

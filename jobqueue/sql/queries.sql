@@ -1121,7 +1121,7 @@ UPDATE {schema}.jobs SET awaited = true WHERE id = %(id)s AND NOT awaited;
 -- A job wherever it is: live, dead or in history. One statement has one
 -- snapshot, so a job moving between tables is seen in exactly one of them.
 SELECT id, task, queue,
-       CASE WHEN state = 'running' THEN 'running'
+       CASE WHEN state IN ('running', 'waiting') THEN state
             WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END AS state,
        args, attempts, max_attempts, priority, errors, NULL::jsonb AS result, progress,
        correlation_id, created_at, run_at, started_at, NULL::timestamptz AS finished_at,

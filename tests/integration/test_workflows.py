@@ -46,6 +46,7 @@ def test_a_chord_receives_its_members_results_in_order(app: JobQueue) -> None:
     info = app.workflow(handle.id)
     assert info.state == "running"
     assert [n.state for n in info.nodes] == ["queued"] * 8 + ["waiting"] * 2
+    assert app.job(handle.ids[-1]).state == "waiting"
     drain(app)
     info = app.workflow(handle.id)
     assert info.state == "succeeded"
