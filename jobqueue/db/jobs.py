@@ -101,7 +101,7 @@ def _copy(batch: JobBatch) -> Procedure[list[int]]:
     return reserved.ids
 
 
-def _copy_text(value: str) -> str:
+def copy_text(value: str) -> str:
     """A value in COPY's text format: backslash, tab, newline and CR escaped."""
     if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
         value = (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
@@ -116,19 +116,19 @@ def copy_rows(ids: list[int], batch: JobBatch, run_at: str) -> Iterator[str]:
     def text(value: str) -> str:
         out = escaped.get(value)
         if out is None:
-            out = escaped[value] = _copy_text(value)
+            out = escaped[value] = copy_text(value)
         return out
 
     # correlation_id and lock_key are the same for every job; \N is NULL.
-    shared = "\t".join("\\N" if value is None else _copy_text(value)
+    shared = "\t".join("\\N" if value is None else copy_text(value)
                        for value in (batch.correlation_id, batch.lock_key))
-    run_at = _copy_text(run_at)
+    run_at = copy_text(run_at)
     queues, tasks, args = batch.queues, batch.tasks, batch.args
     priorities = batch.priorities
     attempts = ["\\N" if n is None else n for n in batch.max_attempts]
     for first in range(0, len(ids), COPY_CHUNK):
         yield "".join(
-            f"{ids[i]}\t{text(queues[i])}\t{text(tasks[i])}\t{_copy_text(args[i])}\t"
+            f"{ids[i]}\t{text(queues[i])}\t{text(tasks[i])}\t{copy_text(args[i])}\t"
             f"{priorities[i]}\t{run_at}\t{attempts[i]}\t{shared}\n"
             for i in range(first, min(len(ids), first + COPY_CHUNK)))
 

@@ -1002,6 +1002,32 @@ WITH wf AS (
 SELECT wf.id, ARRAY(SELECT id FROM ids ORDER BY ord) AS ids
 FROM wf CROSS JOIN notified CROSS JOIN (SELECT count(*) FROM job) AS inserted;
 
+-- name: reserve_workflow
+-- A large workflow by COPY (see db/workflows.py), step 1 of 3: the workflow
+-- row, its nodes' ids drawn in order, and one NOTIFY per queue with a node
+-- ready now (delivered at COMMIT, so only if the COPYs that follow commit too).
+WITH wf AS (
+    INSERT INTO {schema}.workflows (nodes, correlation_id)
+    VALUES (%(n)s, %(correlation_id)s::text)
+    RETURNING id
+), notified AS (
+    SELECT count(pg_notify(%(channel)s, q)) AS n FROM unnest(%(ready_queues)s::text[]) AS q
+)
+SELECT wf.id,
+       ARRAY(SELECT nextval(pg_get_serial_sequence(%(table)s, 'id'))
+             FROM generate_series(1, %(n)s)) AS ids
+FROM wf CROSS JOIN notified;
+
+-- name: copy_workflow_jobs
+-- Step 2: the nodes, in COPY's text format.
+COPY {schema}.jobs (id, queue, task, args, priority, max_attempts, state, waiting, workflow_id,
+                    correlation_id, lock_key)
+FROM STDIN;
+
+-- name: copy_workflow_edges
+-- Step 3: the edges.
+COPY {schema}.job_deps (job_id, position, depends_on) FROM STDIN;
+
 -- name: workflow_replayed
 -- After a replay of dead workflow nodes (old dead id -> new job id): the new
 -- job takes the old one's place in its workflow (its edges, both ways), so

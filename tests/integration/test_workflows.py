@@ -364,3 +364,27 @@ def test_nodes_are_ordinary_jobs_with_retries_locks_and_priorities(
     assert tries == {0: 2, 1: 2, 2: 2}
     assert app.workflow(handle.id).nodes[-1].result == 3
     assert app.job(handle.ids[0]).attempts == 2 and len(app.job(handle.ids[0]).errors) == 1
+
+
+def test_a_large_chord_goes_by_copy_in_the_callers_transaction(
+        app: JobQueue, pg_dsn: str, admin: psycopg.Connection[Any]) -> None:
+    @app.task
+    def part(n: int) -> int:
+        return n
+
+    @app.task(pass_context=True)
+    def total(ctx: JobContext) -> list[int]:
+        return [len(ctx.parent_results), sum(ctx.parent_results)]
+
+    members = 1500  # past the COPY threshold
+    flow = chord(group(app.sig(part, {"n": n}, lock="k" if n == 0 else None)
+                       for n in range(members)), app.sig(total))
+    with psycopg.connect(pg_dsn) as conn:
+        app.enqueue_workflow(flow, conn=conn)
+        conn.rollback()
+    assert count(admin, app.schema, "jobs") == 0 and count(admin, app.schema, "job_deps") == 0
+    handle = app.enqueue_workflow(flow)
+    assert count(admin, app.schema, "job_deps") == members
+    assert count(admin, app.schema, "jobs", "lock_key = 'k'") == 1
+    app.run_worker(burst=True, handle_signals=False, concurrency=50)
+    assert app.result(handle.ids[-1], timeout=1) == [members, sum(range(members))]
