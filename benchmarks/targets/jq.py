@@ -125,8 +125,9 @@ class JobQueueTarget(Target):
             return ("app.result(id) waiting on a 50 ms job, one at a time; wake-up = its "
                     "return minus the ack statement's time (job_history.finished_at)")
         if scenario == "chord":
-            how = ("enqueue_workflow(chord(group(N - 1 sigs), sig)), one statement"
-                   if self.shape == "chord" else "enqueue_many(N jobs), one call (COPY)")
+            how = ("enqueue_workflow(chord(group(N - 1 sigs), sig)), one call (COPY from "
+                   "1,000 nodes)" if self.shape == "chord"
+                   else "enqueue_many(N jobs), one call (COPY)")
             return f"{how}; drained by one worker, concurrency {self.concurrency}"
         if scenario == "bulk":
             return "enqueue_many(conn=psycopg conn), one transaction per batch"
