@@ -148,8 +148,8 @@ def replay_cmd(ids: Ids = None, task: Task = None, queue: Queue = None, reason: 
                    "revived": result.revived})
         return
     typer.echo(f"replayed {len(result.replayed)} dead job(s)"
-               + (f", skipped {result.skipped} whose unique_key is live" if result.skipped
-                  else "")
+               + (f", skipped {result.skipped} (a live job holds its unique_key, or a workflow "
+                  "node waiting on a dead one: replay that one)" if result.skipped else "")
                + (f"; revived {len(result.revived)} workflow node(s) waiting on them"
                   if result.revived else ""))
     for dead_id, job_id in list(result.replayed.items())[:20]:

@@ -402,8 +402,11 @@ FROM {schema}.dead_jobs WHERE id = %(id)s;
 -- name: dead_replay
 -- One batch of a replay: new jobs are inserted and the dead rows marked with
 -- when and as which job they were replayed, in one statement. A dead job whose
--- unique_key is held by a live job again is skipped (it stays dead, unmarked).
--- Batches walk the ids upwards (after_id), so skipped rows are not picked again.
+-- unique_key is held by a live job again is skipped (it stays dead, unmarked),
+-- and so is a workflow node that died of a dependency: run now it would miss its
+-- inputs and its order; it comes back when the node it died of is replayed
+-- (workflow_revive). Batches walk the ids upwards (after_id), so skipped rows
+-- are not picked again.
 WITH picked AS (
     SELECT id FROM {schema}.dead_jobs
     WHERE {dead_filter} AND id > %(after_id)s
@@ -416,6 +419,7 @@ WITH picked AS (
     SELECT d.queue, d.task, d.args, d.priority, d.max_attempts, d.unique_key, d.cron_name, d.id,
            d.lock_key, d.correlation_id
     FROM {schema}.dead_jobs AS d JOIN picked USING (id)
+    WHERE d.reason <> 'dependency_failed'
     ORDER BY d.id
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id, replay_of, queue
