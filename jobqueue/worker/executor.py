@@ -280,7 +280,9 @@ class Executor:
         return the same)."""
         duration = time.monotonic() - started
         result = None
-        if task.result and value is not None and task.keep > 0:
+        # Kept for history, or for the workflow nodes that wait for this one (their
+        # inputs are stored on the edges, whatever history keeps).
+        if task.result and value is not None and (task.keep > 0 or job.workflow_id is not None):
             try:
                 result = encode_result(value, self.result_limit)
             except PayloadError as exc:

@@ -390,3 +390,19 @@ def test_a_large_chord_goes_by_copy_in_the_callers_transaction(
     assert count(admin, app.schema, "jobs", "lock_key = 'k'") == 1
     app.run_worker(burst=True, handle_signals=False, concurrency=50)
     assert app.result(handle.ids[-1], timeout=1) == [members, sum(range(members))]
+
+
+def test_a_node_of_a_task_without_history_still_hands_its_result_on(app: JobQueue) -> None:
+    @app.task(history=False)
+    def unkept(n: int) -> int:
+        return n + 1
+
+    @app.task(pass_context=True)
+    def after(ctx: JobContext) -> list[Any]:
+        return ctx.parent_results
+
+    handle = app.enqueue_workflow(chain(app.sig(unkept, {"n": 41}), app.sig(after)))
+    drain(app)
+    assert app.result(handle.ids[-1], timeout=1) == [42]
+    with pytest.raises(jobqueue.JobNotFound):
+        app.job(handle.ids[0])  # no history of it, as its task says
