@@ -279,23 +279,18 @@ class JobQueue:
         """A job not enqueued yet, for ``chain``, ``group`` and ``chord`` (validated now)."""
         return flows.signature(self.registry, task, args, options)
 
-    def _plan(self, canvas: flows.Canvas) -> flows.Plan:
-        if isinstance(canvas, Signature):
-            canvas = flows.chain(canvas)
-        return flows.compile_canvas(canvas)
-
     def enqueue_workflow(self, canvas: flows.Canvas, *, conn: Any = None,
                          correlation_id: str | None = None) -> WorkflowIds:
         """Enqueue a whole workflow in one statement (in the caller's transaction with
         ``conn``): its id (``.id``) and its nodes' job ids in order (``.ids``)."""
-        plan = self._plan(canvas)
+        plan = flows.compile_canvas(canvas)
         found: WorkflowIds = self.store.run(workflows.insert(
             plan, self.schema, check_correlation_id(correlation_id)), conn)
         return found
 
     async def enqueue_workflow_async(self, canvas: flows.Canvas, *, conn: Any = None,
                                      correlation_id: str | None = None) -> WorkflowIds:
-        plan = self._plan(canvas)
+        plan = flows.compile_canvas(canvas)
         found: WorkflowIds = await self.astore.run(workflows.insert(
             plan, self.schema, check_correlation_id(correlation_id)), conn)
         return found

@@ -41,9 +41,7 @@ def settle(info: JobInfo) -> Any:
     """The value of a finished job: its result, or JobFailed."""
     if info.state == "succeeded":
         return info.result
-    last = info.errors[-1] if info.errors else {}
-    error = f"{last.get('type')}: {last.get('message')}" if last else None
-    raise JobFailed(info.id, info.reason or info.state, error, info.errors)
+    raise JobFailed(info.id, info.reason or info.state, info.last_error, info.errors)
 
 
 class _Waiting:

@@ -279,9 +279,7 @@ class JobInfo:
 
     @property
     def duration(self) -> float | None:
-        if self.started_at is None or self.finished_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
+        return _between(self.started_at, self.finished_at)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -332,9 +330,7 @@ class HistoryEntry:
 
     @property
     def duration(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return (self.finished_at - self.started_at).total_seconds()
+        return _between(self.started_at, self.finished_at)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -448,6 +444,13 @@ class StoredSchedule:
             "priority": self.priority, "catch_up": self.catch_up,
             "last_fire_at": _iso(self.last_fire_at), "next_fire_at": _iso(self.next_fire_at),
         }
+
+
+def _between(start: datetime | None, end: datetime | None) -> float | None:
+    """Seconds from ``start`` to ``end``, if both are known."""
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
 
 
 def _iso(instant: datetime | None) -> str | None:

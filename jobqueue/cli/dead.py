@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from jobqueue.cli.options import Dsn, Json, Schema, parse_age, parse_when, plain_app
-from jobqueue.cli.output import emit_json, fail, table
+from jobqueue.cli.output import emit_json, fail, short, table
 from jobqueue.dead import DeadFilter
 
 app = typer.Typer(help="Jobs that could not succeed: inspect, replay, purge.",
@@ -59,7 +59,7 @@ def list_cmd(task: Task = None, queue: Queue = None, reason: Reason = None, erro
     typer.echo(table(
         ["id", "task", "queue", "reason", "attempts", "died at", "last error", "replayed as"],
         [[r.id, r.task, r.queue, r.reason, r.attempts, r.died_at.strftime("%Y-%m-%d %H:%M:%S"),
-          _short(f"{r.last_error_type}: {r.last_error}" if r.last_error_type else None),
+          short(f"{r.last_error_type}: {r.last_error}" if r.last_error_type else None),
           r.replayed_as] for r in rows]))
 
 
@@ -181,10 +181,3 @@ def purge_cmd(ids: Ids = None, task: Task = None, queue: Queue = None, reason: R
         emit_json({"purged": n})
     else:
         typer.echo(f"purged {n} dead job(s)")
-
-
-def _short(text: str | None, width: int = 60) -> str | None:
-    if text is None:
-        return None
-    line = text.splitlines()[0] if text else ""
-    return line if len(line) <= width else line[: width - 1] + "…"

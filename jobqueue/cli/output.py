@@ -29,6 +29,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def short(text: str | None, width: int = 60) -> str | None:
+    """A table cell of free text: its first line, cut to ``width``."""
+    if text is None:
+        return None
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
 def age(seconds: float | None) -> str:
     if seconds is None:
         return "-"

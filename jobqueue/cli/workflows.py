@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from jobqueue.cli.options import Dsn, Json, Schema, plain_app
-from jobqueue.cli.output import emit_json, fail, table
+from jobqueue.cli.output import emit_json, fail, short, table
 from jobqueue.errors import WorkflowNotFound
 
 app = typer.Typer(help="Workflows (chain, group, chord): every node and where it is.",
@@ -32,7 +32,7 @@ def show_cmd(workflow_id: Annotated[int, typer.Argument(help="Workflow id.")],
     typer.echo(table(["job", "task", "state", "attempts", "after", "result / error"], [
         [n.id, n.task, n.state + (f" ({n.reason})" if n.reason and n.state == "dead" else ""),
          n.attempts, ",".join(map(str, n.depends_on)) or None,
-         _short(json.dumps(n.result) if n.state == "succeeded" else n.error)]
+         short(json.dumps(n.result) if n.state == "succeeded" else n.error)]
         for n in info.nodes]))
 
 
@@ -53,8 +53,3 @@ def list_cmd(limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] =
         [w.id, w.state, w.nodes, w.live, w.succeeded, w.dead,
          w.created_at.strftime("%Y-%m-%d %H:%M:%S")] for w in found]))
 
-
-def _short(text: str | None, width: int = 60) -> str | None:
-    if text is None:
-        return None
-    return text if len(text) <= width else text[:width - 3] + "..."
