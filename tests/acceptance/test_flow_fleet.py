@@ -237,6 +237,10 @@ def test_crashed_holders_lock_is_freed_by_the_sweep(
                message="the unrelated job to finish")
     # The fleet is claiming, yet the job waiting for the held lock did not start.
     assert [r.job_id for r in read_runs(admin, schema)] == [holder, unrelated]
+    # Its ack written too (a handler's row commits before its worker's ack flush): a
+    # kill of the worker that ran it before then would run it again, at least once.
+    wait_until(lambda: count(admin, schema, "jobs", "id = %s", (unrelated,)) == 0, 30,
+               message="the unrelated job's ack")
 
     victim = next(p for p in fleet if p.pid == first.pid)
     survivor = next(p for p in fleet if p is not victim)
