@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "jobqueue.results")),
     ("worker", ("jobqueue.worker",)),
     ("client", ("jobqueue.app",)),
-    ("edges", ("jobqueue.cli", "jobqueue.demo", "jobqueue.__main__", "jobqueue")),
+    ("edges", ("jobqueue.cli", "jobqueue.demo", "jobqueue.__main__", "jobqueue.contrib",
+               "jobqueue")),
 ]
 
 # Calls that run SQL on a psycopg connection or cursor. Outside the Store only
