@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from jobqueue import JobQueue
 from jobqueue.contrib.fastapi import JobQueueFastAPI
-from tests.helpers import worker_thread
+from tests.helpers import count, worker_thread
 
 
 @pytest.fixture
@@ -51,13 +51,6 @@ def service(pg_dsn: str, app: JobQueue, admin: psycopg.Connection[Any]) -> Itera
 
     with TestClient(api, raise_server_exceptions=False) as client:
         yield client, app
-
-
-def count(admin: psycopg.Connection[Any], schema: str, table: str) -> int:
-    row = admin.execute(sql.SQL("SELECT count(*) FROM {}.{}").format(
-        sql.Identifier(schema), sql.Identifier(table))).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def test_the_endpoint_writes_and_enqueues_in_one_transaction_committed_before_responding(
