@@ -2,7 +2,7 @@
 
 Two worker processes run the members (20 % of attempts fail and are retried)
 and the callbacks; one worker is SIGKILLed twice while it holds jobs, and
-started again. A chord's callback is released by the ack of its last member
+started again; the chords arrive in three waves around the kills. A chord's callback is released by the ack of its last member
 (exactly once, also when two members finish at once on two workers) and
 records, in its own transaction, the results it received. At the end every
 callback ran exactly once with its ten results in order, and nothing is left
@@ -25,7 +25,8 @@ from tests.faults import Db, wait_registered
 from tests.helpers import wait_until
 
 FAULTY = "tests.apps.faulty:app"
-CHORDS = 200
+WAVES = (70, 70, 60)
+CHORDS = sum(WAVES)
 MEMBERS = 10
 WORKER_ARGS = ("--concurrency", "8", "--poll-interval", "0.2")
 
@@ -47,23 +48,27 @@ def test_every_chord_callback_runs_once_with_its_results_in_order(
     wait_registered(db, steady.popen, steady.log)
     victim_id = wait_registered(db, victim.popen, victim.log)
 
-    handles = [app.enqueue_workflow(chord(
-        group(app.sig("member", {"i": i, "fail_rate": 0.2, "work": 0.005}, strict=False)
-              for i in range(MEMBERS)),
-        app.sig("collect", strict=False))) for _ in range(CHORDS)]
-    callbacks = {h.ids[-1] for h in handles}
+    def enqueue(n: int) -> list[Any]:
+        return [app.enqueue_workflow(chord(
+            group(app.sig("member", {"i": i, "fail_rate": 0.2, "work": 0.005}, strict=False)
+                  for i in range(MEMBERS)),
+            app.sig("collect", strict=False))) for _ in range(n)]
 
-    def finished() -> int:
-        return int(db.try_value("SELECT count(*) FROM {schema}.job_history") or 0)
-
-    for fraction in (0.25, 0.6):
-        wait_until(lambda f=fraction: finished() >= f * CHORDS * (MEMBERS + 1), 120,
-                   message=f"{fraction:.0%} of the nodes to finish")
+    # The chords arrive in three waves, and the victim is killed while it holds
+    # jobs of the first two. Each wave is enqueued only once the (re)started
+    # victim is registered, so it always has work to claim: with one upfront
+    # enqueue the steady worker could drain the rest before the restarted
+    # victim claimed anything, and the test waited for a kill point in vain.
+    handles: list[Any] = []
+    for wave in (WAVES[0], WAVES[1]):
+        handles += enqueue(wave)
         wait_until(partial(held_by, db, victim_id), 30, interval=0.005,
                    message="the victim to hold jobs")
         victim.kill()
         victim = workers.start(*WORKER_ARGS, app=FAULTY)
         victim_id = wait_registered(db, victim.popen, victim.log)
+    handles += enqueue(WAVES[2])
+    callbacks = {h.ids[-1] for h in handles}
 
     wait_until(lambda: db.try_value("SELECT count(*) FROM {schema}.jobs") == 0, 180,
                interval=0.1, message="every node to be done")
