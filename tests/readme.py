@@ -13,14 +13,28 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def example(heading: str, index: int = 0) -> str:
-    """The ``index``-th python block of the README section titled ``heading``."""
-    text = README.read_text()
-    start = re.search(rf"^#+ {re.escape(heading)}\s*$", text, re.MULTILINE)
-    assert start, f"README.md has no section {heading!r}"
-    level = text[start.start():].split(" ", 1)[0]
-    after = text[start.end():]
-    end = re.search(rf"^#{{1,{len(level)}}} ", after, re.MULTILINE)
-    section = after[:end.start()] if end else after
-    blocks = re.findall(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    """The ``index``-th python block of the README section titled ``heading``.
+
+    The section ends at the next heading of its level or above; a ``#`` line
+    inside a code block is a comment, not a heading.
+    """
+    level = 0
+    fence = python = False
+    blocks: list[list[str]] = []
+    for line in README.read_text().splitlines(keepends=True):
+        if line.startswith("```"):
+            fence = not fence
+            python = fence and level > 0 and line.strip() == "```python"
+            if python:
+                blocks.append([])
+            continue
+        if not fence and (match := re.match(r"^(#+) (.*?)\s*$", line)):
+            if level and len(match[1]) <= level:
+                break
+            if not level and match[2] == heading:
+                level = len(match[1])
+        elif python:
+            blocks[-1].append(line)
+    assert level, f"README.md has no section {heading!r}"
     assert len(blocks) > index, f"README section {heading!r} has no python block {index}"
-    return str(blocks[index])
+    return "".join(blocks[index])

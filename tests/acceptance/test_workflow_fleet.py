@@ -2,11 +2,11 @@
 
 Two worker processes run the members (20 % of attempts fail and are retried)
 and the callbacks; one worker is SIGKILLed twice while it holds jobs, and
-started again; the chords arrive in three waves around the kills. A chord's callback is released by the ack of its last member
-(exactly once, also when two members finish at once on two workers) and
-records, in its own transaction, the results it received. At the end every
-callback ran exactly once with its ten results in order, and nothing is left
-waiting.
+started again; the chords arrive in three waves around the kills. A chord's
+callback is released by the ack of its last member (exactly once, also when
+two members finish at once on two workers) and records, in its own
+transaction, the results it received. At the end every callback ran exactly
+once with its ten results in order, and nothing is left waiting.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""A real Django project for the django.tasks backend's tests (settings from env)."""
