@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import psycopg
 from typing_extensions import Unpack
@@ -69,6 +69,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 Jobs = Iterable[tuple[TaskRef, Mapping[str, Any] | None]]
 
 
+class EnqueueObserver(Protocol):
+    """What ``app.observers`` hold: told, after each enqueue's statement has run, of
+    the connection it ran on (None: jobqueue's own, already committed). The inline
+    mode of :mod:`jobqueue.testing` is one; with none an enqueue pays an empty loop."""
+
+    def enqueued(self, conn: Any) -> None: ...
+
+    async def enqueued_async(self, conn: Any) -> None: ...
+
+
 class JobQueue:
     """A job queue living in ``schema`` of the database at ``dsn``.
 
@@ -97,6 +107,8 @@ class JobQueue:
         listen_dsn: str | None = None,
         history: timedelta | bool | None = None,
     ) -> None:
+        #: Told of every enqueue once its statement has run (see :class:`EnqueueObserver`).
+        self.observers: list[EnqueueObserver] = []
         self.registry = Registry(default_queue=default_queue,
                                  default_max_attempts=default_max_attempts,
                                  default_retry=default_retry or Retry(),
@@ -221,7 +233,9 @@ class JobQueue:
         The options are :class:`~jobqueue.enqueue.EnqueueOptions`.
         """
         batch = self._one(task, args, options)
-        return log_enqueued(batch, self.store.run(jobs.insert(batch), conn))[0]
+        ids = log_enqueued(batch, self.store.run(jobs.insert(batch), conn))
+        self._tell(conn)
+        return ids[0]
 
     def enqueue_many(self, jobs_: Jobs, *, conn: Any = None,
                      **options: Unpack[ManyOptions]) -> list[int]:
@@ -229,20 +243,36 @@ class JobQueue:
 
         With ``lock`` all of them share the lock key: they run one at a time."""
         batch = self._batch(jobs_, options)
-        return log_enqueued(batch, self.store.run(jobs.insert(batch), conn)) if len(batch) else []
+        if not len(batch):
+            return []
+        ids = log_enqueued(batch, self.store.run(jobs.insert(batch), conn))
+        self._tell(conn)
+        return ids
 
     async def enqueue_async(self, task: TaskRef, args: Mapping[str, Any] | None = None, *,
                             conn: Any = None, **options: Unpack[EnqueueOptions]) -> int:
         """:meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy async sessions."""
         batch = self._one(task, args, options)
-        return log_enqueued(batch, await self.astore.run(jobs.insert(batch), conn))[0]
+        ids = log_enqueued(batch, await self.astore.run(jobs.insert(batch), conn))
+        await self._tell_async(conn)
+        return ids[0]
 
     async def enqueue_many_async(self, jobs_: Jobs, *, conn: Any = None,
                                  **options: Unpack[ManyOptions]) -> list[int]:
         batch = self._batch(jobs_, options)
         if not len(batch):
             return []
-        return log_enqueued(batch, await self.astore.run(jobs.insert(batch), conn))
+        ids = log_enqueued(batch, await self.astore.run(jobs.insert(batch), conn))
+        await self._tell_async(conn)
+        return ids
+
+    def _tell(self, conn: Any) -> None:
+        for observer in self.observers:
+            observer.enqueued(conn)
+
+    async def _tell_async(self, conn: Any) -> None:
+        for observer in self.observers:
+            await observer.enqueued_async(conn)
 
     # -- operations ---------------------------------------------------------------------
 
@@ -286,6 +316,7 @@ class JobQueue:
         plan = flows.compile_canvas(canvas)
         found: WorkflowIds = self.store.run(workflows.insert(
             plan, self.schema, check_correlation_id(correlation_id)), conn)
+        self._tell(conn)
         return found
 
     async def enqueue_workflow_async(self, canvas: flows.Canvas, *, conn: Any = None,
@@ -293,6 +324,7 @@ class JobQueue:
         plan = flows.compile_canvas(canvas)
         found: WorkflowIds = await self.astore.run(workflows.insert(
             plan, self.schema, check_correlation_id(correlation_id)), conn)
+        await self._tell_async(conn)
         return found
 
     def workflow(self, workflow_id: int, *, conn: Any = None) -> WorkflowInfo:

@@ -43,6 +43,11 @@ class JobId:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueName:
+    queue: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReservedIds:
     """Ids drawn for a COPY, and the jobs' shared run_at as this session prints it."""
 

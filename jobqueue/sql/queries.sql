@@ -1254,3 +1254,32 @@ GRANT EXECUTE ON FUNCTION {schema}.maintain_history(timestamptz, integer) TO {ro
 -- column of jobs).
 GRANT SELECT ON {schema}.jobs, {schema}.dead_jobs, {schema}.job_history TO {role};
 GRANT UPDATE (awaited) ON {schema}.jobs TO {role};
+
+-- name: live_queues
+-- jobqueue.testing's drain: the queues that hold a job to run now or later.
+SELECT DISTINCT queue FROM {schema}.jobs WHERE state = 'queued' ORDER BY queue;
+
+-- name: advance_due
+-- jobqueue.testing's drain: a retry waiting out its backoff (and, with
+-- scheduled, a job deferred by run_at) is made due now, so a test need not
+-- sleep through the backoff. Only ever on a test database.
+UPDATE {schema}.jobs SET run_at = now()
+WHERE state = 'queued' AND run_at > now() AND (attempts > 0 OR %(scheduled)s)
+  AND queue = ANY(%(queues)s::text[])
+RETURNING id;
+
+-- name: live_jobs
+-- jobqueue.testing's enqueued: live jobs (as job_info describes them), filtered;
+-- args by containment, so a test names only the keys it cares about.
+SELECT id, task, queue,
+       CASE WHEN state IN ('running', 'waiting') THEN state
+            WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END AS state,
+       args, attempts, max_attempts, priority, errors, NULL::jsonb AS result, progress,
+       correlation_id, created_at, run_at, started_at, NULL::timestamptz AS finished_at,
+       locked_by AS worker, NULL::text AS reason, NULL::bigint AS replayed_as,
+       NULL::timestamptz AS expires_at
+FROM {schema}.jobs
+WHERE (%(task)s::text IS NULL OR task = %(task)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
+ORDER BY id;

@@ -31,6 +31,6 @@ TASKS = {
     "default": {
         "BACKEND": "jobqueue.contrib.django.JobQueueBackend",
         "QUEUES": ["default", "mail"],
-        "OPTIONS": {"schema": SCHEMA, "max_attempts": 1},
+        "OPTIONS": {"schema": SCHEMA, "max_attempts": 2},
     },
 }
