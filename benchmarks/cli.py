@@ -508,6 +508,28 @@ def run_soak(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = N
           "soak_vacuum_every": soak_vacuum_every}, ("soak",))
 
 
+@app.command("otel")
+def run_otel(as_json: JsonOpt = False,
+             otel_jobs: Annotated[int, typer.Option("--otel-jobs", min=100,
+                                                    help="spans timed per round")] = 20_000,
+             ) -> None:
+    """What OpenTelemetry tracing adds per job (stored context + process span), no-op exporter.
+
+    Exits 1 when the per-job cost is over benchmarks.tracing.TARGET_US."""
+    from benchmarks import tracing as otel
+
+    found = otel.measure(otel_jobs)
+    if as_json:
+        print(json.dumps(found))
+    else:
+        print(f"tracing per job: {found['per_job_us']} µs (enqueue {found['enqueue_us']} µs + "
+              f"attempt span {found['attempt_us']} µs; target ≤ {found['target_us']} µs; "
+              f"the SDK's bare span alone: {found['sdk_bare_span_us']} µs; best of "
+              f"{found['rounds']} x {found['jobs']:,})")
+    if not found["met"]:
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv, prog_name="python -m benchmarks")
 

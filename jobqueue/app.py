@@ -14,6 +14,7 @@ and the settings, never this object.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
@@ -21,6 +22,7 @@ import psycopg
 from typing_extensions import Unpack
 
 from jobqueue import enqueue as building
+from jobqueue import tracing
 from jobqueue import workflow as flows
 from jobqueue.config import (
     DEFAULT_CONCURRENCY,
@@ -41,7 +43,7 @@ from jobqueue.db import migrate as migrations
 from jobqueue.db.store import AsyncStore, Store
 from jobqueue.db.store import resolve_dsn as connect_dsn
 from jobqueue.dead import DeadJobs
-from jobqueue.enqueue import EnqueueOptions, ManyOptions, log_enqueued
+from jobqueue.enqueue import EnqueueOptions, JobBatch, ManyOptions, log_enqueued
 from jobqueue.errors import ConfigError, WorkflowNotFound
 from jobqueue.payload import check_correlation_id
 from jobqueue.protocol import control_channel, outcome_channel
@@ -67,6 +69,15 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 Jobs = Iterable[tuple[TaskRef, Mapping[str, Any] | None]]
+
+
+def _traced(batch: JobBatch) -> JobBatch:
+    """``batch`` with the caller's trace context, when tracing is on and there is one."""
+    if tracing.ENABLED:
+        context = tracing.current_context()
+        if context is not None:
+            return replace(batch, trace_context=context)
+    return batch
 
 
 class EnqueueObserver(Protocol):
@@ -232,8 +243,7 @@ class JobQueue:
         Without ``conn`` jobqueue uses its own pooled connection and commits.
         The options are :class:`~jobqueue.enqueue.EnqueueOptions`.
         """
-        batch = self._one(task, args, options)
-        ids = log_enqueued(batch, self.store.run(jobs.insert(batch), conn))
+        ids = self._insert(self._one(task, args, options), conn)
         self._tell(conn)
         return ids[0]
 
@@ -245,15 +255,14 @@ class JobQueue:
         batch = self._batch(jobs_, options)
         if not len(batch):
             return []
-        ids = log_enqueued(batch, self.store.run(jobs.insert(batch), conn))
+        ids = self._insert(batch, conn)
         self._tell(conn)
         return ids
 
     async def enqueue_async(self, task: TaskRef, args: Mapping[str, Any] | None = None, *,
                             conn: Any = None, **options: Unpack[EnqueueOptions]) -> int:
         """:meth:`enqueue` for psycopg ``AsyncConnection`` and SQLAlchemy async sessions."""
-        batch = self._one(task, args, options)
-        ids = log_enqueued(batch, await self.astore.run(jobs.insert(batch), conn))
+        ids = await self._insert_async(self._one(task, args, options), conn)
         await self._tell_async(conn)
         return ids[0]
 
@@ -262,9 +271,15 @@ class JobQueue:
         batch = self._batch(jobs_, options)
         if not len(batch):
             return []
-        ids = log_enqueued(batch, await self.astore.run(jobs.insert(batch), conn))
+        ids = await self._insert_async(batch, conn)
         await self._tell_async(conn)
         return ids
+
+    def _insert(self, batch: JobBatch, conn: Any) -> list[int]:
+        return log_enqueued(batch, self.store.run(jobs.insert(_traced(batch)), conn))
+
+    async def _insert_async(self, batch: JobBatch, conn: Any) -> list[int]:
+        return log_enqueued(batch, await self.astore.run(jobs.insert(_traced(batch)), conn))
 
     def _tell(self, conn: Any) -> None:
         for observer in self.observers:
@@ -315,7 +330,8 @@ class JobQueue:
         ``conn``): its id (``.id``) and its nodes' job ids in order (``.ids``)."""
         plan = flows.compile_canvas(canvas)
         found: WorkflowIds = self.store.run(workflows.insert(
-            plan, self.schema, check_correlation_id(correlation_id)), conn)
+            plan, self.schema, check_correlation_id(correlation_id),
+            tracing.current_context() if tracing.ENABLED else None), conn)
         self._tell(conn)
         return found
 
@@ -323,7 +339,8 @@ class JobQueue:
                                      correlation_id: str | None = None) -> WorkflowIds:
         plan = flows.compile_canvas(canvas)
         found: WorkflowIds = await self.astore.run(workflows.insert(
-            plan, self.schema, check_correlation_id(correlation_id)), conn)
+            plan, self.schema, check_correlation_id(correlation_id),
+            tracing.current_context() if tracing.ENABLED else None), conn)
         await self._tell_async(conn)
         return found
 

@@ -83,6 +83,8 @@ class JobBatch:
     schema: str
     unique_key: str | None = None
     raise_on_duplicate: bool = False
+    #: The producer's trace context as JSON (jobqueue.tracing), shared by the batch.
+    trace_context: str | None = None
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -90,6 +92,7 @@ class JobBatch:
     def shared(self) -> dict[str, Any]:
         return {"run_at": self.run_at, "delay": self.delay,
                 "correlation_id": self.correlation_id, "lock_key": self.lock_key,
+                "trace_context": self.trace_context,
                 "channel": job_channel(self.schema)}
 
     def one(self) -> dict[str, Any]:

@@ -35,6 +35,10 @@ class ClaimedJob:
     workflow_id: int | None = None
     #: A workflow node's dependencies' results, in order (None for a plain job).
     parent_results: list[Any] | None = None
+    #: What the producer's propagator wrote (jobqueue.tracing), or None.
+    trace_context: dict[str, str] | None = None
+    #: The dead job this one replays, if it is a replay.
+    replay_of: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

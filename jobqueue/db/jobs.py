@@ -119,9 +119,9 @@ def copy_rows(ids: list[int], batch: JobBatch, run_at: str) -> Iterator[str]:
             out = escaped[value] = copy_text(value)
         return out
 
-    # correlation_id and lock_key are the same for every job; \N is NULL.
+    # correlation_id, lock_key and trace_context are the same for every job; \N is NULL.
     shared = "\t".join("\\N" if value is None else copy_text(value)
-                       for value in (batch.correlation_id, batch.lock_key))
+                       for value in (batch.correlation_id, batch.lock_key, batch.trace_context))
     run_at = copy_text(run_at)
     queues, tasks, args = batch.queues, batch.tasks, batch.args
     priorities = batch.priorities

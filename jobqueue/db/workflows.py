@@ -18,7 +18,8 @@ from jobqueue.rows import WorkflowIds, WorkflowNode, WorkflowSummary
 from jobqueue.workflow import Plan
 
 
-def insert(plan: Plan, schema: str, correlation_id: str | None) -> Procedure[WorkflowIds]:
+def insert(plan: Plan, schema: str, correlation_id: str | None,
+           trace_context: str | None = None) -> Procedure[WorkflowIds]:
     """The workflow, its nodes and edges in one statement; its id and the nodes' ids.
 
     From ``COPY_THRESHOLD`` nodes on, by COPY instead (three steps in a transaction,
@@ -27,11 +28,12 @@ def insert(plan: Plan, schema: str, correlation_id: str | None) -> Procedure[Wor
     plain jobs for a 10,000-member chord.
     """
     if len(plan.nodes) >= COPY_THRESHOLD and not (yield InPipeline()):
-        copied: WorkflowIds = yield Transaction(_copy(plan, schema, correlation_id))
+        copied: WorkflowIds = yield Transaction(_copy(plan, schema, correlation_id,
+                                                      trace_context))
         return copied
     nodes, edges = plan.nodes, plan.edges
     inserted: WorkflowIds = yield row("insert_workflow", {
-        "n": len(nodes), "correlation_id": correlation_id,
+        "n": len(nodes), "correlation_id": correlation_id, "trace_context": trace_context,
         "table": Identifier(schema, "jobs").as_string(None), "channel": job_channel(schema),
         "queues": [n.queue for n in nodes], "tasks": [n.task for n in nodes],
         "args": [n.args for n in nodes], "priorities": [n.priority for n in nodes],
@@ -42,14 +44,16 @@ def insert(plan: Plan, schema: str, correlation_id: str | None) -> Procedure[Wor
     return inserted
 
 
-def _copy(plan: Plan, schema: str, correlation_id: str | None) -> Procedure[WorkflowIds]:
+def _copy(plan: Plan, schema: str, correlation_id: str | None,
+          trace_context: str | None) -> Procedure[WorkflowIds]:
     waiting = plan.waiting()
     ready = sorted({n.queue for n, w in zip(plan.nodes, waiting, strict=True) if w == 0})
     reserved: WorkflowIds = yield row("reserve_workflow", {
         "n": len(plan.nodes), "correlation_id": correlation_id, "ready_queues": ready,
         "table": Identifier(schema, "jobs").as_string(None), "channel": job_channel(schema)},
         WorkflowIds)
-    yield Copy("copy_workflow_jobs", _node_rows(plan, reserved, waiting, correlation_id))
+    yield Copy("copy_workflow_jobs", _node_rows(plan, reserved, waiting, correlation_id,
+                                                trace_context))
     if plan.edges:
         yield Copy("copy_workflow_edges", _edge_rows(plan, reserved.ids))
     return reserved
@@ -60,15 +64,16 @@ def _null(value: str | None) -> str:
 
 
 def _node_rows(plan: Plan, reserved: WorkflowIds, waiting: list[int],
-               correlation_id: str | None) -> Iterator[str]:
+               correlation_id: str | None, trace_context: str | None) -> Iterator[str]:
     shared = f"{reserved.id}\t{_null(correlation_id)}"
+    trace = _null(trace_context)
     lines = []
     for job_id, node, count in zip(reserved.ids, plan.nodes, waiting, strict=True):
         attempts = "\\N" if node.max_attempts is None else str(node.max_attempts)
         state = "waiting" if count else "queued"
         lines.append(f"{job_id}\t{copy_text(node.queue)}\t{copy_text(node.task)}\t"
                      f"{copy_text(node.args)}\t{node.priority}\t{attempts}\t{state}\t{count}\t"
-                     f"{shared}\t{_null(node.lock_key)}\n")
+                     f"{shared}\t{_null(node.lock_key)}\t{trace}\n")
         if len(lines) >= COPY_CHUNK:
             yield "".join(lines)
             lines = []

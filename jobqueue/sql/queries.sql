@@ -28,11 +28,12 @@ SELECT version_num FROM {schema}.jobqueue_alembic_version;
 -- enqueues in one transaction still cost a single NOTIFY at commit.
 WITH job AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts, unique_key,
-                               correlation_id, lock_key)
+                               correlation_id, lock_key, trace_context)
     VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(priority)s,
             COALESCE(%(run_at)s::timestamptz,
                      now() + make_interval(secs => %(delay)s::float8)),
-            %(max_attempts)s, %(unique_key)s, %(correlation_id)s::text, %(lock_key)s::text)
+            %(max_attempts)s, %(unique_key)s, %(correlation_id)s::text, %(lock_key)s::text,
+            %(trace_context)s::jsonb)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id, queue, run_at
 ), notified AS (
@@ -51,11 +52,12 @@ SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s;
 -- input order, one NOTIFY per distinct ready queue.
 WITH job AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts,
-                               correlation_id, lock_key)
+                               correlation_id, lock_key, trace_context)
     SELECT u.queue, u.task, u.args, u.priority,
            COALESCE(%(run_at)s::timestamptz,
                     now() + make_interval(secs => %(delay)s::float8)),
-           u.max_attempts, %(correlation_id)s::text, %(lock_key)s::text
+           u.max_attempts, %(correlation_id)s::text, %(lock_key)s::text,
+           %(trace_context)s::jsonb
     FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
                 %(priorities)s::smallint[], %(max_attempts)s::integer[])
          WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, ord)
@@ -88,7 +90,7 @@ FROM due;
 -- name: copy_jobs
 -- Step 2: the rows, in COPY's text format (see enqueue.copy_rows).
 COPY {schema}.jobs (id, queue, task, args, priority, run_at, max_attempts, correlation_id,
-                    lock_key)
+                    lock_key, trace_context)
 FROM STDIN;
 
 -- name: next_run_at
@@ -325,7 +327,8 @@ RETURNING w.id;
 -- The columns a job takes with it into dead_jobs (besides errors and reason),
 -- listed once for every statement that moves jobs there.
 id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key, cron_name,
-replay_of, created_at, lock_key, correlation_id, started_at, progress, workflow_id
+replay_of, created_at, lock_key, correlation_id, started_at, progress, workflow_id,
+trace_context
 
 -- name: fragment_error_entry
 -- One element of a job's errors array built in SQL, for a job whose attempt
@@ -415,9 +418,9 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, unique_key,
-                               cron_name, replay_of, lock_key, correlation_id)
+                               cron_name, replay_of, lock_key, correlation_id, trace_context)
     SELECT d.queue, d.task, d.args, d.priority, d.max_attempts, d.unique_key, d.cron_name, d.id,
-           d.lock_key, d.correlation_id
+           d.lock_key, d.correlation_id, d.trace_context
     FROM {schema}.dead_jobs AS d JOIN picked USING (id)
     WHERE d.reason <> 'dependency_failed'
     ORDER BY d.id
@@ -881,7 +884,8 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.priority,
           CASE WHEN j.workflow_id IS NOT NULL THEN
               (SELECT array_agg(d.result ORDER BY d.position) FROM {schema}.job_deps AS d
                WHERE d.job_id = j.id)
-          END AS parent_results
+          END AS parent_results,
+          j.trace_context, j.replay_of
 
 -- name: claim
 -- The fetcher's claim. Each queue's head is read from jobs_ready_idx with
@@ -976,11 +980,11 @@ WITH wf AS (
     FROM generate_series(1, %(n)s) AS g(ord)
 ), job AS (
     INSERT INTO {schema}.jobs (id, queue, task, args, priority, max_attempts, state, waiting,
-                               workflow_id, correlation_id, lock_key)
+                               workflow_id, correlation_id, lock_key, trace_context)
     OVERRIDING SYSTEM VALUE
     SELECT ids.id, u.queue, u.task, u.args, u.priority, u.max_attempts,
            CASE WHEN u.waiting > 0 THEN 'waiting' ELSE 'queued' END, u.waiting, wf.id,
-           %(correlation_id)s::text, u.lock_key
+           %(correlation_id)s::text, u.lock_key, %(trace_context)s::jsonb
     FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
                 %(priorities)s::smallint[], %(max_attempts)s::integer[], %(waiting)s::integer[],
                 %(lock_keys)s::text[])
@@ -1025,7 +1029,7 @@ FROM wf CROSS JOIN notified;
 -- name: copy_workflow_jobs
 -- Step 2: the nodes, in COPY's text format.
 COPY {schema}.jobs (id, queue, task, args, priority, max_attempts, state, waiting, workflow_id,
-                    correlation_id, lock_key)
+                    correlation_id, lock_key, trace_context)
 FROM STDIN;
 
 -- name: copy_workflow_edges
@@ -1075,12 +1079,13 @@ WITH cand AS (
 )
 INSERT INTO {schema}.jobs (id, queue, task, args, priority, run_at, max_attempts, unique_key,
                            cron_name, replay_of, created_at, lock_key, correlation_id,
-                           workflow_id, errors, state, waiting)
+                           workflow_id, errors, state, waiting, trace_context)
 OVERRIDING SYSTEM VALUE
 SELECT m.id, m.queue, m.task, m.args, m.priority, now(), m.max_attempts, m.unique_key,
        m.cron_name, m.replay_of, m.created_at, m.lock_key, m.correlation_id, m.workflow_id,
        m.errors, 'waiting',
-       (SELECT count(*) FROM {schema}.job_deps AS e WHERE e.job_id = m.id AND NOT e.done)
+       (SELECT count(*) FROM {schema}.job_deps AS e WHERE e.job_id = m.id AND NOT e.done),
+       m.trace_context
 FROM moved AS m
 RETURNING id;
 
@@ -1147,9 +1152,8 @@ SELECT n FROM notified;
 -- where it went).
 UPDATE {schema}.jobs SET awaited = true WHERE id = %(id)s AND NOT awaited;
 
--- name: job_info
--- A job wherever it is: live, dead or in history. One statement has one
--- snapshot, so a job moving between tables is seen in exactly one of them.
+-- name: fragment_live_job
+-- A live job as JobInfo describes it (the row of job_info for the jobs table).
 SELECT id, task, queue,
        CASE WHEN state IN ('running', 'waiting') THEN state
             WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END AS state,
@@ -1157,7 +1161,12 @@ SELECT id, task, queue,
        correlation_id, created_at, run_at, started_at, NULL::timestamptz AS finished_at,
        locked_by AS worker, NULL::text AS reason, NULL::bigint AS replayed_as,
        NULL::timestamptz AS expires_at
-FROM {schema}.jobs WHERE id = %(id)s
+FROM {schema}.jobs
+
+-- name: job_info
+-- A job wherever it is: live, dead or in history. One statement has one
+-- snapshot, so a job moving between tables is seen in exactly one of them.
+{live_job} WHERE id = %(id)s
 UNION ALL
 SELECT id, task, queue, 'succeeded', args, attempts, max_attempts, priority, errors, result,
        progress, correlation_id, created_at, NULL, started_at, finished_at, worker, NULL, NULL,
@@ -1271,14 +1280,7 @@ RETURNING id;
 -- name: live_jobs
 -- jobqueue.testing's enqueued: live jobs (as job_info describes them), filtered;
 -- args by containment, so a test names only the keys it cares about.
-SELECT id, task, queue,
-       CASE WHEN state IN ('running', 'waiting') THEN state
-            WHEN run_at > now() THEN 'scheduled' ELSE 'queued' END AS state,
-       args, attempts, max_attempts, priority, errors, NULL::jsonb AS result, progress,
-       correlation_id, created_at, run_at, started_at, NULL::timestamptz AS finished_at,
-       locked_by AS worker, NULL::text AS reason, NULL::bigint AS replayed_as,
-       NULL::timestamptz AS expires_at
-FROM {schema}.jobs
+{live_job}
 WHERE (%(task)s::text IS NULL OR task = %(task)s::text)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)

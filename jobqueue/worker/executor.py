@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from jobqueue import tracing
 from jobqueue.config import DEFAULT_PAYLOAD_LIMIT
 from jobqueue.errors import LeaseLostError, PayloadError, ResultError
 from jobqueue.outcome import DeadReason, ErrorEntry, Kind, Outcome
@@ -253,7 +254,15 @@ class Executor:
         return task.retry.outcome(job, exc, duration, self.state.worker_id)
 
     async def _attempt(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> Outcome:
-        """The one Outcome of this attempt (CancelledError: shutdown, none)."""
+        """The one Outcome of this attempt (CancelledError: shutdown, none), in the
+        attempt's span when tracing is on."""
+        if not tracing.ENABLED:
+            return await self._attempt_untraced(job, ctx, task)
+        with tracing.processing(job) as span:
+            return tracing.finished(span, await self._attempt_untraced(job, ctx, task))
+
+    async def _attempt_untraced(self, job: ClaimedJob, ctx: JobContext,
+                                task: Task | None) -> Outcome:
         started = self.lifecycle.started(job)  # binds the job's log context to this task
         refused = self._refused(job, task)
         if refused is not None:
@@ -352,6 +361,13 @@ class Executor:
     def _attempt_in_thread(self, job: ClaimedJob, ctx: JobContext, task: Task) -> Outcome:
         """:meth:`_attempt` of a sync handler, in a pool thread (in a copy of the
         submitting context: the job's log context stays with the job)."""
+        if not tracing.ENABLED:
+            return self._attempt_in_thread_untraced(job, ctx, task)
+        with tracing.processing(job) as span:  # current in this thread, for the handler
+            return tracing.finished(span, self._attempt_in_thread_untraced(job, ctx, task))
+
+    def _attempt_in_thread_untraced(self, job: ClaimedJob, ctx: JobContext,
+                                    task: Task) -> Outcome:
         started = self.lifecycle.started(job)
         refused = self._refused(job, task)
         if refused is not None:

@@ -212,3 +212,16 @@ def test_graphile_worker_drains_as_a_peer(pg_dsn: str) -> None:
         left = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
                             (prefix + "%",)).fetchall()
     assert left == []
+
+
+def test_the_otel_benchmark_reports_per_job_costs_and_its_verdict() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "otel", "--otel-jobs", "300",
+                           "--json"], capture_output=True, text=True, timeout=120, check=False)
+    found = json.loads(proc.stdout)
+    assert set(found) >= {"enqueue_us", "attempt_us", "per_job_us", "sdk_bare_span_us",
+                          "target_us", "met"}
+    assert found["per_job_us"] == pytest.approx(found["enqueue_us"] + found["attempt_us"],
+                                                abs=0.02)
+    assert found["attempt_us"] > 0
+    # Speed is not asserted here; the exit status is the verdict on the target.
+    assert proc.returncode == (0 if found["met"] else 1), proc.stderr
