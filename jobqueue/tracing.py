@@ -13,8 +13,8 @@ for. A cron fire has no producer: its attempts are root spans.
 
 jobqueue depends on the OpenTelemetry API only, imported here once: without
 it :data:`ENABLED` is False and the enqueue and attempt paths skip this module
-(one attribute test per job). With the API but no SDK configured the spans
-are the API's non-recording ones and nothing is stored.
+(one attribute test per job). With the API but no provider set (no SDK
+configured) :func:`active` is False: no span is made and nothing is stored.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ def _tracer() -> Any:
     if _cached[0] is not provider:
         _cached = (provider, provider.get_tracer("jobqueue"))
     return _cached[1]
+
+
+def active() -> bool:
+    """True once the application has set a tracer provider (an SDK): until then
+    every span would be the API's non-recording one, not worth making per job."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def current_context() -> str | None:
