@@ -9,7 +9,8 @@ with the messaging attributes (system ``jobqueue``, operation type
 ``process``, destination = queue, message id = job id). The first attempt of a
 plain job is a child of the producer's span; a retry, a replay and a workflow
 node *link* to it instead, since their run is not what that request waited
-for. A cron fire has no producer: its attempts are root spans.
+for. A cron fire has no caller: the leader makes a span ``cron <schedule>`` of
+the fire itself, which the attempts of its jobs link to.
 
 jobqueue depends on the OpenTelemetry API only, imported here once: without
 it :data:`ENABLED` is False and the enqueue and attempt paths skip this module
@@ -67,6 +68,23 @@ def current_context() -> str | None:
     return json.dumps(carrier) if carrier else None
 
 
+#: A carrier field of jobqueue's own: the job's attempts link to the stored
+#: span, never take it as parent (a cron fire's, which no attempt is part of).
+LINK_ONLY = "jobqueue-link-only"
+
+
+def cron_context(schedule: str, ticks: int) -> str:
+    """The context to store with the jobs of one cron fire: a span of the fire
+    itself (ended at once: it marks the moment), which their attempts link to."""
+    span = _tracer().start_span(f"cron {schedule}", kind=SpanKind.PRODUCER, attributes={
+        "messaging.system": SYSTEM, "messaging.operation.type": "send",
+        "jobqueue.cron": schedule, "jobqueue.ticks": ticks})
+    carrier = {LINK_ONLY: "1"}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    span.end()
+    return json.dumps(carrier)
+
+
 def _parent(job: ClaimedJob) -> tuple[Any, list[Any]]:
     """The context to start the attempt's span in, and its links."""
     root = Context()  # never the worker's own current context
@@ -76,7 +94,8 @@ def _parent(job: ClaimedJob) -> tuple[Any, list[Any]]:
     span_context = trace.get_current_span(producer).get_span_context()
     if not span_context.is_valid:
         return root, []
-    if job.attempts == 1 and job.replay_of is None and job.workflow_id is None:
+    if (job.attempts == 1 and job.replay_of is None and job.workflow_id is None
+            and LINK_ONLY not in job.trace_context):
         return producer, []
     return root, [Link(span_context)]
 

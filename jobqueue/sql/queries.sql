@@ -813,9 +813,9 @@ WITH advanced AS (
     SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE cron_name = %(name)s) AS running
 ), fired AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts, unique_key,
-                               cron_name)
+                               cron_name, trace_context)
     SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, t.tick, %(max_attempts)s,
-           t.key, advanced.name
+           t.key, advanced.name, %(trace_context)s::jsonb
     FROM advanced
     CROSS JOIN busy
     CROSS JOIN unnest(%(ticks)s::timestamptz[], %(keys)s::text[]) WITH ORDINALITY

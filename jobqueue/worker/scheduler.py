@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from jobqueue import tracing
 from jobqueue.cron import Schedule, tick_key
 from jobqueue.db import cron as statements
 from jobqueue.db.statement import Procedure, in_transaction
@@ -214,6 +215,8 @@ class Scheduler(Service):
             "keys": [tick_key(schedule.name, t) for t in ticks],
             "allow_overlap": schedule.overlap == "allow",
             "channel": job_channel(self.schema),
+            "trace_context": (tracing.cron_context(schedule.name, len(ticks))
+                              if ticks and tracing.ENABLED and tracing.active() else None),
         }
         result: statements.FireResult = yield statements.fire(params)
         return Fired(name=schedule.name, dropped=dropped, job_ids=tuple(result.ids),

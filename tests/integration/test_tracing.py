@@ -25,7 +25,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from jobqueue import JobQueue, chain
 from jobqueue.dead import DeadFilter
 from jobqueue.testing import Drained, drain
-from tests.helpers import count
+from tests.helpers import count, wait_until, worker_thread
 
 
 class Switch(SpanProcessor):
@@ -197,3 +197,20 @@ def test_the_readme_example_traces_an_attempt_under_its_request(
     assert attempt["parent_id"] == request["context"]["span_id"]
     assert work["parent_id"] == attempt["context"]["span_id"]
     assert attempt["kind"] == "SpanKind.CONSUMER"
+
+
+def test_a_cron_jobs_attempt_links_to_the_span_of_its_fire(
+        app: JobQueue, spans: InMemorySpanExporter) -> None:
+    @app.task
+    def tick() -> None: ...
+
+    app.cron("every-second", "* * * * * *", tick)
+    with worker_thread(app, concurrency=1):
+        wait_until(lambda: named(spans, "process default"), 20,
+                   message="a cron job's attempt")
+    fires = named(spans, "cron every-second")
+    assert fires and fires[0].kind is SpanKind.PRODUCER
+    attempt = named(spans, "process default")[0]
+    assert attempt.parent is None
+    [link] = attempt.links
+    assert link.context.span_id in {f.context.span_id for f in fires}
