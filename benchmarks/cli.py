@@ -508,6 +508,32 @@ def run_soak(dsn: DsnOpt = None, as_json: JsonOpt = False, output: OutputOpt = N
           "soak_vacuum_every": soak_vacuum_every}, ("soak",))
 
 
+@app.command("dashboard")
+def run_dashboard(dsn: DsnOpt = None, as_json: JsonOpt = False,
+                  history_rows: Annotated[int, typer.Option("--history-rows", min=0)]
+                  = 1_000_000,
+                  dead_jobs: Annotated[int, typer.Option("--dead-jobs", min=1)] = 100_000,
+                  ) -> None:
+    """Every dashboard page's render time over 1M history rows and 100k dead jobs.
+
+    Exits 1 when a page is over benchmarks.dashboard.TARGET_MS."""
+    from benchmarks import dashboard
+
+    found = dashboard.measure(_settings(dsn, "jobqueue", 200, 10, 100, 300).dsn,
+                              history=history_rows, dead=dead_jobs)
+    if as_json:
+        print(json.dumps(found))
+    else:
+        print(f"{found['history_rows']:,} history rows, {found['dead_jobs']:,} dead jobs, "
+              f"{found['queued_jobs']:,} queued (filled in {found['fill_seconds']} s); "
+              f"median / max of {found['repeats']}:")
+        for path, t in found["pages"].items():
+            print(f"  {path:40s} {t['median_ms']:8.1f} ms  {t['max_ms']:8.1f} ms")
+        print(f"worst {found['worst_ms']} ms (target ≤ {found['target_ms']:.0f} ms)")
+    if not found["met"]:
+        raise typer.Exit(1)
+
+
 @app.command("otel")
 def run_otel(as_json: JsonOpt = False,
              otel_jobs: Annotated[int, typer.Option("--otel-jobs", min=100,

@@ -40,6 +40,7 @@ class DeadReason(str, Enum):
     UNKNOWN_TASK = "unknown_task"  # no handler of that name in the worker
     CRASHED = "crashed"  # its worker died on its last attempt (set by the rescue)
     CANCELLED = "cancelled"  # an operator cancelled it
+    DEPENDENCY_FAILED = "dependency_failed"  # a workflow node whose dependency died (in SQL)
 
 
 class Kind(str, Enum):

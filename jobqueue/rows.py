@@ -52,6 +52,16 @@ class QueueName:
 
 
 @dataclass(frozen=True, slots=True)
+class OutcomeMinute:
+    """Outcomes of one minute, all queues (the dashboard's chart)."""
+
+    minute: datetime
+    succeeded: int
+    retried: int
+    dead: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReservedIds:
     """Ids drawn for a COPY, and the jobs' shared run_at as this session prints it."""
 

@@ -139,11 +139,34 @@ def drain(app: JobQueue, *, queues: Sequence[str] | None = None, scheduled: bool
         timer = threading.Timer(rounds.remaining(), worker.request_stop)
         timer.start()
         try:
-            worker.run()
+            _run(worker)
         finally:
             timer.cancel()
         if rounds.done(moved, worker):
             return rounds.total
+
+
+def _run(worker: Worker) -> None:
+    """``worker.run()``, in a thread of its own where this one runs an event loop
+    already (Playwright's sync API, a notebook): asyncio.run() cannot nest."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        worker.run()
+        return
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=target, name="jobqueue-drain", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
 
 
 async def drain_async(app: JobQueue, *, queues: Sequence[str] | None = None,

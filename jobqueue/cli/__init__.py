@@ -15,6 +15,7 @@ import typer
 from jobqueue.cli import (
     control,
     cron,
+    dashboard,
     dead,
     demo,
     doctor,
@@ -35,7 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (migrate, worker, enqueue, stats, control, doctor, demo):
+for module in (migrate, worker, enqueue, stats, control, doctor, demo, dashboard):
     module.register(app)
 app.add_typer(cron.app, name="cron")
 app.add_typer(dead.app, name="dead")

@@ -1285,3 +1285,21 @@ WHERE (%(task)s::text IS NULL OR task = %(task)s::text)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(args)s::jsonb IS NULL OR args @> %(args)s::jsonb)
 ORDER BY id;
+
+-- name: outcome_series
+-- The dashboard's chart: outcomes per minute over the last hour, from the
+-- 10-second buckets of job_counts (which keeps an hour). At most 60 x queues
+-- buckets per minute are read, whatever the history holds.
+SELECT date_bin('1 minute', bucket, timestamptz '1970-01-01 00:00:00+00') AS minute,
+       sum(succeeded)::bigint AS succeeded, sum(retried)::bigint AS retried,
+       sum(dead)::bigint AS dead
+FROM {schema}.job_counts
+WHERE bucket >= now() - interval '1 hour'
+GROUP BY 1
+ORDER BY 1;
+
+-- name: dead_count_capped
+-- How many dead jobs a filter selects, counting no further than %(cap)s: a
+-- page shows "10,000+" rather than scan a large table to print a number.
+SELECT count(*) FROM (SELECT 1 FROM {schema}.dead_jobs WHERE {dead_filter}
+                      LIMIT %(cap)s) AS capped;

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("worker", ("jobqueue.worker",)),
     ("client", ("jobqueue.app",)),
     ("edges", ("jobqueue.cli", "jobqueue.demo", "jobqueue.__main__", "jobqueue.contrib",
-               "jobqueue.testing",
+               "jobqueue.testing", "jobqueue.dashboard",
                "jobqueue")),
 ]
 
