@@ -52,6 +52,12 @@ class QueueName:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerLoad:
+    worker: str
+    running: int
+
+
+@dataclass(frozen=True, slots=True)
 class OutcomeMinute:
     """Outcomes of one minute, all queues (the dashboard's chart)."""
 
@@ -279,6 +285,8 @@ class JobInfo:
     reason: str | None
     replayed_as: int | None
     expires_at: datetime | None
+    #: The workflow the job is a node of, if any.
+    workflow_id: int | None = None
 
     @property
     def finished(self) -> bool:

@@ -35,10 +35,10 @@ from starlette.templating import Jinja2Templates
 from jobqueue.app import JobQueue
 from jobqueue.dashboard.security import COOKIE, Auth, is_loopback
 from jobqueue.db import admin, fleet
-from jobqueue.db.dashboard import dead_count_capped, outcome_series
+from jobqueue.db.dashboard import dead_count_capped, outcome_series, worker_inflight
 from jobqueue.dead import DeadFilter
 from jobqueue.doctor import diagnose
-from jobqueue.errors import JobNotFound
+from jobqueue.errors import JobNotFound, WorkflowNotFound
 from jobqueue.log import get_logger
 from jobqueue.outcome import DeadReason
 from jobqueue.rows import OutcomeMinute
@@ -169,8 +169,17 @@ class Dashboard:
                          entries=self.queue.history(task=task, limit=PAGE))
 
     def workers(self, request: Request) -> Response:
-        return self.page(request, "workers.html",
+        load = {w.worker: w.running for w in self.queue.store.run(worker_inflight())}
+        return self.page(request, "workers.html", load=load,
                          workers=self.queue.store.run(fleet.worker_heartbeats()))
+
+    def workflow(self, request: Request) -> Response:
+        try:
+            flow = self.queue.workflow(int(request.path_params["workflow_id"]))
+        except (WorkflowNotFound, ValueError):
+            raise HTTPException(404, f"no workflow {request.path_params['workflow_id']}") \
+                from None
+        return self.page(request, "workflow.html", flow=flow)
 
     def cron(self, request: Request) -> Response:
         return self.page(request, "cron.html",
@@ -343,6 +352,7 @@ def asgi_app(queue: JobQueue, *, token: str | None = None, read_only: bool = Fal
         Route("/", d.overview), Route("/running", d.running),
         Route("/jobs/{job_id}", d.job), Route("/dead", d.dead),
         Route("/history", d.history), Route("/workers", d.workers), Route("/cron", d.cron),
+        Route("/workflows/{workflow_id}", d.workflow),
         Route("/doctor", d.doctor),
         Route("/api/overview", d.api_overview), Route("/api/running", d.api_running),
         Route("/api/jobs/{job_id}", d.api_job), Route("/api/dead", d.api_dead),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobqueue.db.statement import Op, rows, scalar
-from jobqueue.rows import OutcomeMinute
+from jobqueue.rows import OutcomeMinute, WorkerLoad
 
 
 def outcome_series() -> Op:
@@ -18,3 +18,7 @@ def outcome_series() -> Op:
 
 def dead_count_capped(where: dict[str, Any], cap: int) -> Op:
     return scalar("dead_count_capped", {**where, "cap": cap})
+
+
+def worker_inflight() -> Op:
+    return rows("worker_inflight", None, WorkerLoad)

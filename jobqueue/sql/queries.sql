@@ -1160,7 +1160,7 @@ SELECT id, task, queue,
        args, attempts, max_attempts, priority, errors, NULL::jsonb AS result, progress,
        correlation_id, created_at, run_at, started_at, NULL::timestamptz AS finished_at,
        locked_by AS worker, NULL::text AS reason, NULL::bigint AS replayed_as,
-       NULL::timestamptz AS expires_at
+       NULL::timestamptz AS expires_at, workflow_id
 FROM {schema}.jobs
 
 -- name: job_info
@@ -1170,13 +1170,13 @@ FROM {schema}.jobs
 UNION ALL
 SELECT id, task, queue, 'succeeded', args, attempts, max_attempts, priority, errors, result,
        progress, correlation_id, created_at, NULL, started_at, finished_at, worker, NULL, NULL,
-       expires_at
+       expires_at, workflow_id
 FROM {schema}.job_history WHERE id = %(id)s AND expires_at > now()
 UNION ALL
 SELECT id, task, queue, CASE WHEN reason = 'cancelled' THEN 'cancelled' ELSE 'dead' END,
        args, attempts, max_attempts, priority, errors, NULL, progress, correlation_id,
        created_at, run_at, started_at, died_at, errors -> -1 ->> 'worker', reason, replayed_as,
-       NULL
+       NULL, workflow_id
 FROM {schema}.dead_jobs WHERE id = %(id)s
 LIMIT 1;
 
@@ -1303,3 +1303,11 @@ ORDER BY 1;
 -- page shows "10,000+" rather than scan a large table to print a number.
 SELECT count(*) FROM (SELECT 1 FROM {schema}.dead_jobs WHERE {dead_filter}
                       LIMIT %(cap)s) AS capped;
+
+-- name: worker_inflight
+-- The dashboard's workers page: how many jobs each worker holds running now,
+-- from the running rows' partial index (as many rows as jobs run).
+SELECT locked_by AS worker, count(*) AS running
+FROM {schema}.jobs
+WHERE state = 'running' AND locked_by IS NOT NULL
+GROUP BY locked_by;

@@ -268,3 +268,20 @@ def test_the_readme_mount_example_runs_as_written(pg_dsn: str, migrated: str,
             assert answer.status_code == 200 and answer.json()["queues"] == []
     finally:
         namespace["queue"].close()
+
+
+def test_a_workflow_nodes_page_links_its_jobs(jobs: JobQueue, web: TestClient) -> None:
+    from jobqueue import chain
+
+    flow = jobs.enqueue_workflow(chain(jobs.sig("ok", {"n": 1}), jobs.sig("boom", {"note": "w"}),
+                                       jobs.sig("ok", {"n": 3})))
+    drain(jobs)
+    first, failed, doomed = flow.ids
+    detail = web.get(f"/jobs/{first}").text
+    assert f'href="/workflows/{flow.id}"' in detail
+    page = web.get(f"/workflows/{flow.id}").text
+    assert "failed" in page
+    for node in flow.ids:
+        assert f'href="/jobs/{node}"' in page
+    assert "dependency_failed" in web.get(f"/jobs/{doomed}").text
+    assert web.get("/workflows/424242").status_code == 404
