@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -224,10 +225,9 @@ class Dashboard:
         who = request.state.who
         if not self.auth.csrf_ok(who, _field(form, "csrf")):
             raise HTTPException(403, "missing or wrong CSRF field: reload the page")
-        action = request.path_params["action"]
-        from starlette.concurrency import run_in_threadpool
-
-        return await run_in_threadpool(self._act, request, action, form, who)
+        # The actions run SQL on the sync Store: off the event loop.
+        return await run_in_threadpool(self._act, request, request.path_params["action"],
+                                       form, who)
 
     def _act(self, request: Request, action: str, form: FormData, who: str) -> Response:
         # A logger per action (they are rare): one bound at import would keep the

@@ -277,6 +277,7 @@ def test_a_workflow_nodes_page_links_its_jobs(jobs: JobQueue, web: TestClient) -
                                        jobs.sig("ok", {"n": 3})))
     drain(jobs)
     first, failed, doomed = flow.ids
+    assert "ValueError: boom: w" in web.get(f"/jobs/{failed}").text
     detail = web.get(f"/jobs/{first}").text
     assert f'href="/workflows/{flow.id}"' in detail
     page = web.get(f"/workflows/{flow.id}").text
