@@ -24,14 +24,14 @@ FILL = [
     """INSERT INTO {schema}.job_history (id, queue, task, args, result, attempts, max_attempts,
                                       priority, errors, worker, created_at, started_at,
                                       finished_at, expires_at)
-       SELECT g, 'q' || (g % 5), 'task' || (g % 20), jsonb_build_object('n', g), to_jsonb(g),
+       SELECT g, 'q' || (g %% 5), 'task' || (g %% 20), jsonb_build_object('n', g), to_jsonb(g),
               1, 5, 0, '[]', 'w1', now() - interval '2 hours',
-              now() - (g % 3600) * interval '1 second' - interval '1 second',
-              now() - (g % 3600) * interval '1 second', now() + interval '7 days'
+              now() - (g %% 3600) * interval '1 second' - interval '1 second',
+              now() - (g %% 3600) * interval '1 second', now() + interval '7 days'
        FROM generate_series(1, %(history)s) AS g""",
     """INSERT INTO {schema}.dead_jobs (id, queue, task, args, priority, run_at, attempts,
                                     max_attempts, errors, created_at, died_at, reason)
-       SELECT 100000000 + g, 'q' || (g % 5), 'task' || (g % 20), jsonb_build_object('n', g),
+       SELECT 100000000 + g, 'q' || (g %% 5), 'task' || (g %% 20), jsonb_build_object('n', g),
               0, now(), 5, 5,
               jsonb_build_array(jsonb_build_object('attempt', 5, 'at', now()::text,
                                                    'worker', 'w1', 'type', 'ValueError',
@@ -40,10 +40,10 @@ FILL = [
        FROM generate_series(1, %(dead)s) AS g""",
     """INSERT INTO {schema}.job_counts (queue, bucket, succeeded, retried, dead)
        SELECT 'q' || q, date_bin('10 seconds', now(), timestamptz '1970-01-01')
-                        - b * interval '10 seconds', 50 + b % 7, b % 3, b % 2
+                        - b * interval '10 seconds', 50 + b %% 7, b %% 3, b %% 2
        FROM generate_series(0, 4) AS q, generate_series(0, 359) AS b""",
     """INSERT INTO {schema}.jobs (queue, task, args)
-       SELECT 'q' || (g % 5), 'task' || (g % 20), jsonb_build_object('n', g)
+       SELECT 'q' || (g %% 5), 'task' || (g %% 20), jsonb_build_object('n', g)
        FROM generate_series(1, %(queued)s) AS g""",
 ]
 
@@ -71,9 +71,11 @@ def measure(dsn: str, history: int = 1_000_000, dead: int = 100_000, queued: int
             conn.execute(sql.SQL("VACUUM ANALYZE {}.jobs").format(ident))
         filled = time.perf_counter() - started
         pages = ["/", "/running", "/dead", "/dead?task=task3", "/dead?queue=q2&reason=exhausted",
-                 "/dead?error=boom%2099999", "/history", "/history?task=task3", "/jobs/500000",
+                 f"/dead?error=boom%20{dead - 1}", "/history", "/history?task=task3",
                  f"/jobs/{100000000 + dead // 2}", "/workers", "/cron", "/doctor",
                  "/api/overview", "/api/dead", "/api/history"]
+        if history:
+            pages.append(f"/jobs/{history // 2}")
         timings: dict[str, dict[str, float]] = {}
         with TestClient(asgi_app(app, auth=Auth()), base_url="http://127.0.0.1") as client:
             for path in pages:

@@ -42,11 +42,13 @@ from jobqueue.doctor import diagnose
 from jobqueue.errors import JobNotFound, WorkflowNotFound
 from jobqueue.log import get_logger
 from jobqueue.outcome import DeadReason
-from jobqueue.rows import OutcomeMinute
+from jobqueue.rows import OutcomeMinute, QueueOverview
 
-#: Rows per list page; a count stops at COUNT_CAP ("10,000+").
+#: Rows per list page; a count of dead jobs stops at COUNT_CAP ("10,000+"), the
+#: overview's per queue at OVERVIEW_CAP (each counted row is an index probe).
 PAGE = 50
 COUNT_CAP = 10_000
+OVERVIEW_CAP = 1_000
 # Autoescaping on for every template: job args, errors and results are user data.
 TEMPLATES = Jinja2Templates(env=Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True))
@@ -138,10 +140,11 @@ class Dashboard:
             raise HTTPException(404, f"no job {job_id}") from None
 
     def overview_data(self) -> dict[str, Any]:
-        queues = self.queue.stats()
+        queues: list[QueueOverview] = self.queue.store.run(
+            admin.queue_overview(dead_cap=OVERVIEW_CAP + 1))
         limits = {s.name: s for s in self.queue.queues.settings([q.queue for q in queues])}
         series: list[OutcomeMinute] = self.queue.store.run(outcome_series())
-        return {"queues": queues, "limits": limits,
+        return {"queues": queues, "limits": limits, "cap": OVERVIEW_CAP,
                 "chart": chart(series, datetime.now(timezone.utc))}
 
     # -- pages ------------------------------------------------------------------------

@@ -101,12 +101,15 @@ def _set_queue(statement: str, params: dict[str, Any], control: str) -> Procedur
 # -- overview and schedules -----------------------------------------------------------------
 
 
-def queue_overview(worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> Op:
+def queue_overview(worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+                   dead_cap: int | None = None) -> Op:
     """Per queue: depth, age, outcomes over the last minute, paused, live workers.
 
-    One statement feeds ``jobqueue stats``, the metrics gauges and ``doctor``.
+    One statement feeds ``jobqueue stats``, the metrics gauges, ``doctor`` and
+    the dashboard, which counts dead jobs no further than ``dead_cap``.
     """
-    return rows("queue_overview", {"worker_timeout": worker_timeout}, QueueOverview)
+    return rows("queue_overview", {"worker_timeout": worker_timeout, "dead_cap": dead_cap},
+                QueueOverview)
 
 
 def stored_schedules() -> Op:

@@ -521,8 +521,12 @@ WHERE bucket < now() - make_interval(secs => %(keep)s::float8);
 -- a row in queues. The rate covers the buckets of the last 50 to 60 seconds:
 -- the current (partial) bucket and the five before it, divided by the time
 -- they actually span. "workers" counts live workers (fresh heartbeat) that
--- serve the queue.
-WITH live AS (
+-- serve the queue. With %(dead_cap)s, dead jobs are counted per queue up to the
+-- cap, and the queues holding any are found by a loose index scan of
+-- dead_jobs_queue_idx, one probe per queue (Postgres 15 has no skip scan): the
+-- dashboard's overview then costs the same at 1,000 dead jobs or 1M. Without
+-- it (stats, metrics, doctor) the count is exact.
+WITH RECURSIVE live AS (
     SELECT queue,
            count(*) FILTER (WHERE state = 'queued' AND run_at <= now()) AS ready,
            count(*) FILTER (WHERE state = 'queued' AND run_at > now()) AS scheduled,
@@ -530,9 +534,27 @@ WITH live AS (
            extract(epoch FROM now() - min(run_at)
                    FILTER (WHERE state = 'queued' AND run_at <= now()))::float8 AS oldest_age
     FROM {schema}.jobs GROUP BY queue
+), dead_queues AS (
+    (SELECT queue FROM {schema}.dead_jobs ORDER BY queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.queue FROM {schema}.dead_jobs AS d
+            WHERE d.queue > dq.queue ORDER BY d.queue LIMIT 1)
+    FROM dead_queues AS dq WHERE dq.queue IS NOT NULL
 ), dead AS (
+    -- Exact (no cap): one scan, grouped; the other branch is skipped at run
+    -- time (a one-time filter on the parameter), and so is dead_queues.
     SELECT queue, count(*) AS dead FROM {schema}.dead_jobs
-    WHERE replayed_at IS NULL GROUP BY queue
+    WHERE replayed_at IS NULL AND %(dead_cap)s::bigint IS NULL
+    GROUP BY queue
+    UNION ALL
+    SELECT dq.queue, n.dead
+    FROM dead_queues AS dq
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS dead
+        FROM (SELECT 1 FROM {schema}.dead_jobs AS d
+              WHERE d.queue = dq.queue AND d.replayed_at IS NULL
+              LIMIT %(dead_cap)s::bigint) AS capped) AS n
+    WHERE %(dead_cap)s::bigint IS NOT NULL AND dq.queue IS NOT NULL AND n.dead > 0
 ), span AS (
     SELECT date_bin('10 seconds', now(), timestamptz '1970-01-01 00:00:00+00')
            - interval '50 seconds' AS since

@@ -225,3 +225,16 @@ def test_the_otel_benchmark_reports_per_job_costs_and_its_verdict() -> None:
     assert found["attempt_us"] > 0
     # Speed is not asserted here; the exit status is the verdict on the target.
     assert proc.returncode == (0 if found["met"] else 1), proc.stderr
+
+
+def test_the_dashboard_benchmark_times_every_page(pg_dsn: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "dashboard", "--dsn", pg_dsn,
+                           "--history-rows", "2000", "--dead-jobs", "200", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    found = json.loads(proc.stdout)
+    assert (found["history_rows"], found["dead_jobs"]) == (2000, 200)
+    assert {"/", "/dead", "/history", "/doctor", "/api/overview"} <= set(found["pages"])
+    assert all(t["median_ms"] <= t["max_ms"] for t in found["pages"].values())
+    assert found["worst_ms"] == max(t["max_ms"] for t in found["pages"].values())
+    # Speed is not asserted here; the exit status is the verdict on the target.
+    assert proc.returncode == (0 if found["met"] else 1), proc.stderr

@@ -286,3 +286,18 @@ def test_a_workflow_nodes_page_links_its_jobs(jobs: JobQueue, web: TestClient) -
         assert f'href="/jobs/{node}"' in page
     assert "dependency_failed" in web.get(f"/jobs/{doomed}").text
     assert web.get("/workflows/424242").status_code == 404
+
+
+def test_the_overview_caps_its_dead_count_while_stats_stay_exact(
+        jobs: JobQueue, web: TestClient, admin: psycopg.Connection[Any]) -> None:
+    from psycopg import sql
+
+    admin.execute(sql.SQL(
+        "INSERT INTO {} (id, queue, task, args, priority, run_at, attempts, max_attempts, "
+        "errors, created_at, reason) SELECT g, 'bulk', 'boom', '{{}}', 0, now(), 1, 1, '[]', "
+        "now(), 'exhausted' FROM generate_series(1, 10005) AS g").format(
+        sql.Identifier(jobs.schema, "dead_jobs")))
+    assert [(q.queue, q.dead) for q in jobs.stats()] == [("bulk", 10005)]
+    page = web.get("/").text
+    assert re.search(r'<a href="/dead\?queue=bulk">1,000\+</a>', page)
+    assert "10,000+" in web.get("/dead").text
