@@ -34,12 +34,13 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from jobqueue.app import JobQueue
+from jobqueue.cli.options import parse_when
 from jobqueue.dashboard.security import COOKIE, Auth, is_loopback
 from jobqueue.db import admin, fleet
 from jobqueue.db.dashboard import dead_count_capped, outcome_series, worker_inflight
 from jobqueue.dead import DeadFilter
 from jobqueue.doctor import diagnose
-from jobqueue.errors import JobNotFound, WorkflowNotFound
+from jobqueue.errors import ConfigError, JobNotFound, WorkflowNotFound
 from jobqueue.log import get_logger
 from jobqueue.outcome import DeadReason
 from jobqueue.rows import OutcomeMinute, QueueOverview
@@ -49,6 +50,8 @@ from jobqueue.rows import OutcomeMinute, QueueOverview
 PAGE = 50
 COUNT_CAP = 10_000
 OVERVIEW_CAP = 1_000
+#: The dead-job filters of the pages and forms, as ``jobqueue dead list`` has them.
+FILTERS = ("task", "queue", "reason", "error", "since", "until", "include_replayed")
 # Autoescaping on for every template: job args, errors and results are user data.
 TEMPLATES = Jinja2Templates(env=Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True))
@@ -128,10 +131,18 @@ class Dashboard:
             "base": request.scope.get("root_path", "").rstrip("/"), **context})
         return response
 
-    def filters(self, params: Any) -> DeadFilter:
-        return DeadFilter(task=params.get("task") or None, queue=params.get("queue") or None,
-                          reason=params.get("reason") or None,
-                          error=params.get("error") or None)
+    def filters(self, params: Any) -> tuple[DeadFilter, dict[str, str]]:
+        """The filters of ``jobqueue dead list`` from a query or form, and their text
+        (to show again and to carry into the next form); 400 for a bad time."""
+        raw = {k: v for k in FILTERS if isinstance(v := params.get(k), str) and v.strip()}
+        try:
+            since = parse_when(raw["since"], "since") if "since" in raw else None
+            until = parse_when(raw["until"], "until") if "until" in raw else None
+        except ConfigError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return DeadFilter(task=raw.get("task"), queue=raw.get("queue"),
+                          reason=raw.get("reason"), error=raw.get("error"), since=since,
+                          until=until, include_replayed="include_replayed" in raw), raw
 
     def _job(self, job_id: str) -> Any:
         try:
@@ -159,13 +170,11 @@ class Dashboard:
         return self.page(request, "job.html", job=self._job(request.path_params["job_id"]))
 
     def dead(self, request: Request) -> Response:
-        where = self.filters(request.query_params)
+        where, raw = self.filters(request.query_params)
         found = self.queue.store.run(dead_count_capped(where.params(), COUNT_CAP + 1))
         return self.page(request, "dead.html", jobs=self.queue.dead.list(where, limit=PAGE),
-                         where=where, count=int(found or 0), cap=COUNT_CAP,
-                         reasons=[r.value for r in DeadReason],
-                         query=urlencode({k: v for k, v in asdict(where).items()
-                                          if isinstance(v, str)}))
+                         raw=raw, count=int(found or 0), cap=COUNT_CAP,
+                         reasons=[r.value for r in DeadReason], query=urlencode(raw))
 
     def history(self, request: Request) -> Response:
         task = request.query_params.get("task") or None
@@ -210,7 +219,7 @@ class Dashboard:
             self._job(request.path_params["job_id"]).as_dict(), default=str)))
 
     def api_dead(self, request: Request) -> Response:
-        where = self.filters(request.query_params)
+        where, _ = self.filters(request.query_params)
         return JSONResponse(json.loads(json.dumps(
             [d.as_dict() for d in self.queue.dead.list(where, limit=PAGE)], default=str)))
 
@@ -260,13 +269,13 @@ class Dashboard:
     def _dead_action(self, request: Request, action: str, form: FormData, who: str,
                      client: str | None, back: str, log: Any) -> Response:
         ids = tuple(int(v) for v in form.getlist("id") if isinstance(v, str) and v.isdigit())
-        where = DeadFilter(ids=ids) if ids else self.filters(form)
-        if not where.selects_something:
+        where, raw = (DeadFilter(ids=ids), {}) if ids else self.filters(form)
+        if not where.selects_something or (not ids and set(raw) <= {"include_replayed"}):
             raise HTTPException(400, "select dead jobs by id or by a filter first")
         if not ids and _field(form, "confirm") != "yes":
             # A filtered set: say how many first (a dry run), then ask again.
             request.state.who = who
-            return self.page(request, "confirm.html", action=action, where=where,
+            return self.page(request, "confirm.html", action=action, raw=raw,
                              count=self.queue.dead.count(where), back=back)
         if action == "replay":
             result = self.queue.dead.replay(where)

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from jobqueue import JobQueue
 from jobqueue.dashboard import asgi_app
 from jobqueue.dashboard.security import Auth
+from jobqueue.dead import DeadFilter
 from jobqueue.log import configure
 from jobqueue.testing import drain
 from tests.helpers import count
@@ -301,3 +302,21 @@ def test_the_overview_caps_its_dead_count_while_stats_stay_exact(
     page = web.get("/").text
     assert re.search(r'<a href="/dead\?queue=bulk">1,000\+</a>', page)
     assert "10,000+" in web.get("/dead").text
+
+
+def test_dead_jobs_filter_by_time_and_replayed_as_the_cli_does(
+        jobs: JobQueue, web: TestClient) -> None:
+    first = jobs.enqueue("boom", {"note": "a"})
+    drain(jobs)
+    jobs.dead.replay(DeadFilter(ids=(first,)))
+    drain(jobs)  # the replay fails too: a second dead job
+    second = jobs.job(first).replayed_as
+    listed = web.get("/api/dead", params={"since": "1h"}).json()
+    assert [d["id"] for d in listed] == [second]
+    replayed_too = web.get("/api/dead", params={"since": "1h", "include_replayed": "1"}).json()
+    assert sorted(d["id"] for d in replayed_too) == sorted([first, second])
+    assert web.get("/api/dead", params={"until": "1h"}).json() == []
+    page = web.get("/dead", params={"since": "1h", "include_replayed": "1"}).text
+    assert 'value="1h"' in page and "checked" in page
+    bad = web.get("/dead", params={"since": "yesterday-ish"})
+    assert bad.status_code == 400 and "neither an ISO time nor an age" in bad.text
