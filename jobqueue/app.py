@@ -73,11 +73,8 @@ Jobs = Iterable[tuple[TaskRef, Mapping[str, Any] | None]]
 
 def _traced(batch: JobBatch) -> JobBatch:
     """``batch`` with the caller's trace context, when tracing is on and there is one."""
-    if tracing.ENABLED:
-        context = tracing.current_context()
-        if context is not None:
-            return replace(batch, trace_context=context)
-    return batch
+    context = tracing.current_context()
+    return batch if context is None else replace(batch, trace_context=context)
 
 
 class EnqueueObserver(Protocol):
@@ -331,7 +328,7 @@ class JobQueue:
         plan = flows.compile_canvas(canvas)
         found: WorkflowIds = self.store.run(workflows.insert(
             plan, self.schema, check_correlation_id(correlation_id),
-            tracing.current_context() if tracing.ENABLED else None), conn)
+            tracing.current_context()), conn)
         self._tell(conn)
         return found
 
@@ -340,7 +337,7 @@ class JobQueue:
         plan = flows.compile_canvas(canvas)
         found: WorkflowIds = await self.astore.run(workflows.insert(
             plan, self.schema, check_correlation_id(correlation_id),
-            tracing.current_context() if tracing.ENABLED else None), conn)
+            tracing.current_context()), conn)
         await self._tell_async(conn)
         return found
 

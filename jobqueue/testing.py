@@ -213,8 +213,8 @@ class inline:
     transaction that enqueued it commits, before ``commit()`` returns; never for
     one that rolls back. ``.drained`` adds up what ran.
 
-    Limits: the jobs of a commit run in a worker thread of this process while
-    the committing thread (an async caller's event loop too) waits; a LISTEN
+    Limits: the jobs of a commit run in a worker of this process while the
+    committing thread (an async caller's event loop too) waits; a LISTEN
     stays on the connections used (harmless; they are a test's).
     """
 
@@ -279,21 +279,8 @@ class inline:
         self._hooked[id(raw)] = (raw, handler)
 
     def _run(self) -> None:
-        # In a thread of its own: the caller may be a thread with a running
-        # event loop (an async test, psycopg's notify handler inside it).
-        found: list[Drained | BaseException] = []
-
-        def target() -> None:
-            try:
-                found.append(drain(self.app, concurrency=self.concurrency))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-                found.append(exc)
-
-        thread = threading.Thread(target=target, name="jobqueue-inline", daemon=True)
-        thread.start()
-        thread.join()
-        [result] = found
-        if isinstance(result, BaseException):
-            raise result
+        # The caller may have a running event loop (an async test, psycopg's
+        # notify handler inside it): drain runs its workers in a thread then.
+        ran = drain(self.app, concurrency=self.concurrency)
         with self._lock:
-            self.drained += result
+            self.drained += ran

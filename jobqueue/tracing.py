@@ -13,9 +13,9 @@ for. A cron fire has no caller: the leader makes a span ``cron <schedule>`` of
 the fire itself, which the attempts of its jobs link to.
 
 jobqueue depends on the OpenTelemetry API only, imported here once: without
-it :data:`ENABLED` is False and the enqueue and attempt paths skip this module
-(one attribute test per job). With the API but no provider set (no SDK
-configured) :func:`active` is False: no span is made and nothing is stored.
+it :data:`ENABLED` is False, :func:`active` is False and :func:`current_context`
+None (a flag test per job). With the API but no provider set (no SDK
+configured) :func:`active` is False too: no span is made and nothing is stored.
 """
 
 from __future__ import annotations
@@ -55,13 +55,13 @@ def _tracer() -> Any:
 def active() -> bool:
     """True once the application has set a tracer provider (an SDK): until then
     every span would be the API's non-recording one, not worth making per job."""
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return ENABLED and not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def current_context() -> str | None:
     """What to store with a job enqueued now: the propagator's fields for the
     current span (JSON), or None outside a valid span (no SDK, no request span)."""
-    if not trace.get_current_span().get_span_context().is_valid:
+    if not ENABLED or not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)

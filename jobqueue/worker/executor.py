@@ -256,7 +256,7 @@ class Executor:
     async def _attempt(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> Outcome:
         """The one Outcome of this attempt (CancelledError: shutdown, none), in the
         attempt's span when tracing is on."""
-        if not tracing.ENABLED or not tracing.active():
+        if not tracing.active():
             return await self._attempt_untraced(job, ctx, task)
         with tracing.processing(job) as span:
             return tracing.finished(span, await self._attempt_untraced(job, ctx, task))
@@ -361,7 +361,7 @@ class Executor:
     def _attempt_in_thread(self, job: ClaimedJob, ctx: JobContext, task: Task) -> Outcome:
         """:meth:`_attempt` of a sync handler, in a pool thread (in a copy of the
         submitting context: the job's log context stays with the job)."""
-        if not tracing.ENABLED or not tracing.active():
+        if not tracing.active():
             return self._attempt_in_thread_untraced(job, ctx, task)
         with tracing.processing(job) as span:  # current in this thread, for the handler
             return tracing.finished(span, self._attempt_in_thread_untraced(job, ctx, task))

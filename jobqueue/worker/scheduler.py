@@ -216,7 +216,7 @@ class Scheduler(Service):
             "allow_overlap": schedule.overlap == "allow",
             "channel": job_channel(self.schema),
             "trace_context": (tracing.cron_context(schedule.name, len(ticks))
-                              if ticks and tracing.ENABLED and tracing.active() else None),
+                              if ticks and tracing.active() else None),
         }
         result: statements.FireResult = yield statements.fire(params)
         return Fired(name=schedule.name, dropped=dropped, job_ids=tuple(result.ids),
