@@ -557,6 +557,30 @@ def run_otel(as_json: JsonOpt = False,
         raise typer.Exit(1)
 
 
+@app.command("cpu")
+def run_cpu(dsn: DsnOpt = None, as_json: JsonOpt = False,
+            cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1)] = 8,
+            cpu_seconds: Annotated[float, typer.Option("--cpu-seconds", min=0.01,
+                                                       help="CPU time per job")] = 0.5,
+            ) -> None:
+    """CPU-bound jobs on the thread pool against executor="process", in the same run.
+
+    Exits 1 when processes take more than benchmarks.cpu.TARGET_RATIO of the threads' time."""
+    from benchmarks import cpu
+
+    found = cpu.measure(_settings(dsn, "jobqueue", 200, 10, 100, 300).dsn, cpu_jobs,
+                        cpu_seconds)
+    if as_json:
+        print(json.dumps(found))
+    else:
+        print(f"{found['jobs']} jobs of ~{found['job_seconds']:g} s CPU on {found['cores']} "
+              f"cores: threads {found['threads_s']} s, processes {found['processes_s']} s, "
+              f"ratio {found['ratio']} (target ≤ {found['target_ratio']}; best of "
+              f"{found['repeats']})")
+    if not found["met"]:
+        raise typer.Exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv, prog_name="python -m benchmarks")
 

@@ -24,6 +24,7 @@ from typing_extensions import Unpack
 from jobqueue import enqueue as building
 from jobqueue import tracing
 from jobqueue import workflow as flows
+from jobqueue.backpressure import Backpressure
 from jobqueue.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT,
@@ -40,6 +41,7 @@ from jobqueue.config import (
 from jobqueue.cron import Schedule
 from jobqueue.db import admin, jobs, workflows
 from jobqueue.db import migrate as migrations
+from jobqueue.db.statement import Procedure
 from jobqueue.db.store import AsyncStore, Store
 from jobqueue.db.store import resolve_dsn as connect_dsn
 from jobqueue.dead import DeadJobs
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     from jobqueue.worker import Worker, WorkerConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 Jobs = Iterable[tuple[TaskRef, Mapping[str, Any] | None]]
 
 
@@ -138,7 +141,9 @@ class JobQueue:
         self.store = Store(value)
         self.astore = AsyncStore(value)
         self.dead = DeadJobs(self.store)
-        self.queues = QueueControls(self.store)
+        #: Which queues have a max_ready (cached) and what went in over it.
+        self.backpressure = Backpressure()
+        self.queues = QueueControls(self.store, self.backpressure)
         self.results = Results(self.store, self.astore, value)
 
     def __repr__(self) -> str:
@@ -273,10 +278,25 @@ class JobQueue:
         return ids
 
     def _insert(self, batch: JobBatch, conn: Any) -> list[int]:
-        return log_enqueued(batch, self.store.run(jobs.insert(_traced(batch)), conn))
+        work = self._guarded(batch.queues, jobs.insert(_traced(batch)))
+        return log_enqueued(batch, self.store.run(work, conn))
 
     async def _insert_async(self, batch: JobBatch, conn: Any) -> list[int]:
-        return log_enqueued(batch, await self.astore.run(jobs.insert(_traced(batch)), conn))
+        work = self._guarded(batch.queues, jobs.insert(_traced(batch)))
+        return log_enqueued(batch, await self.astore.run(work, conn))
+
+    def _guarded(self, queues: list[str], insert: Procedure[T]) -> Procedure[T]:
+        """``insert`` behind the backpressure check of ``queues``, when one is due: an
+        enqueue into queues without max_ready, while the cache is fresh, runs alone."""
+        if not self.backpressure.due(queues):
+            return insert
+        return admin.backpressured(self.backpressure, self.schema, queues, insert)
+
+    @property
+    def over_limit_counts(self) -> dict[str, int]:
+        """Jobs this process enqueued into a full queue whose max_ready warns, per queue
+        (exported by :class:`jobqueue.metrics.EnqueueCollector`)."""
+        return self.backpressure.counts
 
     def _tell(self, conn: Any) -> None:
         for observer in self.observers:
@@ -326,18 +346,20 @@ class JobQueue:
         """Enqueue a whole workflow in one statement (in the caller's transaction with
         ``conn``): its id (``.id``) and its nodes' job ids in order (``.ids``)."""
         plan = flows.compile_canvas(canvas)
-        found: WorkflowIds = self.store.run(workflows.insert(
-            plan, self.schema, check_correlation_id(correlation_id),
-            tracing.current_context()), conn)
+        found: WorkflowIds = self.store.run(self._guarded(
+            [n.queue for n in plan.nodes], workflows.insert(
+                plan, self.schema, check_correlation_id(correlation_id),
+                tracing.current_context())), conn)
         self._tell(conn)
         return found
 
     async def enqueue_workflow_async(self, canvas: flows.Canvas, *, conn: Any = None,
                                      correlation_id: str | None = None) -> WorkflowIds:
         plan = flows.compile_canvas(canvas)
-        found: WorkflowIds = await self.astore.run(workflows.insert(
-            plan, self.schema, check_correlation_id(correlation_id),
-            tracing.current_context()), conn)
+        found: WorkflowIds = await self.astore.run(self._guarded(
+            [n.queue for n in plan.nodes], workflows.insert(
+                plan, self.schema, check_correlation_id(correlation_id),
+                tracing.current_context())), conn)
         await self._tell_async(conn)
         return found
 

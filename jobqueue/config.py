@@ -48,6 +48,19 @@ DEFAULT_HISTORY = 7 * 24 * 3600.0
 #: A running job's ctx.progress() is written at most this often, seconds.
 DEFAULT_PROGRESS_INTERVAL = 0.25
 DEFAULT_POLL_INTERVAL = 1.0
+#: How long a producer trusts its list of the queues that have a max_ready
+#: before reading it again (on the next enqueue), seconds: a limit set in
+#: another process is enforced within this; one set by this app at once.
+BACKPRESSURE_TTL = 2.0
+#: ``queue.over_limit`` is logged at most this often per queue and process, seconds.
+OVER_LIMIT_LOG_INTERVAL = 10.0
+#: A job enqueued for a newer payload version than the worker knows goes back
+#: to the queue, due again this many seconds later (a rolling deploy's newer
+#: workers take it; this one does not spin on it), seconds.
+NEWER_VERSION_DELAY = 2.0
+#: A process-pool child over --max-memory is replaced after its job; the
+#: worker itself (under --supervise) checks its own RSS this often, seconds.
+MEMORY_CHECK_INTERVAL = 0.25
 #: What sits between jobqueue and Postgres: "none" (direct connections or a
 #: session pooler) or "transaction" (PgBouncer's transaction mode and its kin).
 POOLERS = ("none", "transaction")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
@@ -29,6 +29,7 @@ from jobqueue.payload import (
     check_max_attempts,
     check_priority,
     check_run_at,
+    check_version,
     delay_seconds,
     encode_args,
 )
@@ -55,6 +56,9 @@ class ManyOptions(TypedDict, total=False):
     correlation_id: str | None
     #: Jobs sharing a lock key never run at the same time, anywhere in the fleet.
     lock: str | None
+    #: The payload version the args are written for (default: the task's declared
+    #: ``version``, else 1); a worker upgrades older ones before calling the handler.
+    version: int | None
 
 
 class EnqueueOptions(ManyOptions, total=False):
@@ -85,6 +89,8 @@ class JobBatch:
     raise_on_duplicate: bool = False
     #: The producer's trace context as JSON (jobqueue.tracing), shared by the batch.
     trace_context: str | None = None
+    #: Each job's payload version (see ManyOptions.version).
+    versions: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -99,13 +105,13 @@ class JobBatch:
         """The parameters of ``insert_job`` (a batch of one)."""
         return {"task": self.tasks[0], "queue": self.queues[0], "args": self.args[0],
                 "priority": self.priorities[0], "max_attempts": self.max_attempts[0],
-                "unique_key": self.unique_key, **self.shared()}
+                "version": self.versions[0], "unique_key": self.unique_key, **self.shared()}
 
     def many(self) -> dict[str, Any]:
         """The parameters of ``insert_jobs``."""
         return {"tasks": self.tasks, "queues": self.queues, "args": self.args,
                 "priorities": self.priorities, "max_attempts": self.max_attempts,
-                **self.shared()}
+                "versions": self.versions, **self.shared()}
 
 
 def build(registry: Registry, schema: str,
@@ -120,7 +126,7 @@ def build(registry: Registry, schema: str,
     # The options are the same for every job, so what follows from them and the
     # task (queue, priority, max_attempts, and every check of those) is worked
     # out once per task; per job only its args are encoded.
-    per_task: dict[str, tuple[str, int, int | None]] = {}
+    per_task: dict[str, tuple[str, int, int | None, int]] = {}
     limit = registry.payload_limit
     batch = JobBatch(tasks=[], queues=[], args=[], priorities=[], max_attempts=[],
                      run_at=check_run_at(run_at), delay=delay_seconds(delay),
@@ -137,11 +143,12 @@ def build(registry: Registry, schema: str,
         batch.queues.append(resolved[0])
         batch.priorities.append(resolved[1])
         batch.max_attempts.append(resolved[2])
+        batch.versions.append(resolved[3])
     return batch
 
 
 def _task_options(registry: Registry, name: str, strict: bool,
-                  options: ManyOptions) -> tuple[str, int, int | None]:
+                  options: ManyOptions) -> tuple[str, int, int | None, int]:
     # Queue and priority place the job, so they are decided here, with this
     # app's declaration where it has one. max_attempts only matters once the job
     # runs: unless the caller gives it, it is left to the worker that claims
@@ -150,9 +157,11 @@ def _task_options(registry: Registry, name: str, strict: bool,
     registry.resolve(name, strict)
     queue, priority, _ = registry.job_defaults(name)
     given_priority, given_attempts = options.get("priority"), options.get("max_attempts")
+    version = options.get("version")
     return (options.get("queue") or queue,
             check_priority(given_priority if given_priority is not None else priority),
-            None if given_attempts is None else check_max_attempts(given_attempts))
+            None if given_attempts is None else check_max_attempts(given_attempts),
+            registry.version(name) if version is None else check_version(version))
 
 
 _enqueue_log: Any = None

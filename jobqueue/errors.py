@@ -46,6 +46,24 @@ class DuplicateJobError(JobQueueError):
         self.job_id = job_id
 
 
+class QueueFull(JobQueueError):
+    """The queue already holds ``max_ready`` ready jobs and rejects more
+    (``app.queues.set_limits(queue, max_ready=N, reject_when_full=True)``).
+
+    Raised before the insert is sent, so nothing of the batch was enqueued and
+    the caller's transaction stays usable: answer your own caller (an HTTP 503
+    or 429), retry later, or enqueue elsewhere. ``ready`` is what the check
+    counted, which stops counting at ``max_ready``.
+    """
+
+    def __init__(self, queue: str, max_ready: int, ready: int) -> None:
+        super().__init__(f"queue {queue!r} is full: {ready} jobs ready, max_ready is "
+                         f"{max_ready}; nothing was enqueued")
+        self.queue = queue
+        self.max_ready = max_ready
+        self.ready = ready
+
+
 class DatabaseError(JobQueueError):
     """The database could not be reached or refused the operation."""
 

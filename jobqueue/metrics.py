@@ -16,6 +16,15 @@ Two kinds of numbers:
   interval and only the leader exports them: a scrape never runs a query, and
   the fleet runs one overview query per interval however many workers there
   are. Aggregate across instances with ``max by (queue)``.
+
+And one number that only a producer sees: jobs it enqueued into a queue already
+at its ``max_ready`` that warns rather than rejects (see
+:mod:`jobqueue.backpressure`). Enqueues happen in the web apps and scripts that
+produce, not in workers, so no worker could count them, and no table records
+them (a check that wrote a row would cost every enqueue a write). They are a
+process counter, ``app.over_limit_counts``, that a producer exports through its
+own registry with :class:`EnqueueCollector`; ``jobqueue_queue_ready`` (from the
+gauge leader) shows how full the queue is.
 """
 
 from __future__ import annotations
@@ -39,6 +48,29 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # poll interval when LISTEN is down, minutes when the fleet falls behind.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class OverLimitSource(Protocol):
+    """What :class:`EnqueueCollector` reads: a :class:`jobqueue.JobQueue`."""
+
+    @property
+    def over_limit_counts(self) -> dict[str, int]: ...
+
+
+class EnqueueCollector(Collector):
+    """A producer's enqueue counters, computed at scrape time, for the producer's own
+    registry: ``prometheus_client.REGISTRY.register(EnqueueCollector(app))``."""
+
+    def __init__(self, source: OverLimitSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        over = CounterMetricFamily(
+            "jobqueue_enqueue_over_limit", "Jobs this process enqueued into a queue that "
+            "already held max_ready ready jobs (one that warns when full).", labels=["queue"])
+        for queue, jobs in sorted(self.source.over_limit_counts.items()):
+            over.add_metric([queue], jobs)
+        yield over
 
 
 class JobLike(Protocol):
@@ -220,3 +252,15 @@ def _queue_families(queues: list[QueueOverview]) -> Iterator[Metric]:
         for q in queues:
             family.add_metric([q.queue], value(q))
         yield family
+    # Only the queues that have a limit: "no limit" is not a number to compare with.
+    limit = GaugeMetricFamily("jobqueue_queue_max_ready", "The queue's backpressure limit "
+                              "(alert on jobqueue_queue_ready >= it).", labels=["queue"])
+    full = GaugeMetricFamily("jobqueue_queue_full", "1 while the queue holds max_ready ready "
+                             "jobs or more: enqueue warns (or raises QueueFull).",
+                             labels=["queue"])
+    for q in queues:
+        if q.max_ready is not None:
+            limit.add_metric([q.queue], q.max_ready)
+            full.add_metric([q.queue], 1 if q.queued >= q.max_ready else 0)
+    yield limit
+    yield full

@@ -146,8 +146,9 @@ class Outcome(NamedTuple):
         return cls(Kind.DEAD, job, duration, reason=reason, error=error)
 
     @classmethod
-    def released(cls, job: ClaimedJob) -> Outcome:
-        return cls(Kind.RELEASED, job)
+    def released(cls, job: ClaimedJob, delay: float = 0.0) -> Outcome:
+        """Handed back without counting the attempt; due again after ``delay`` seconds."""
+        return cls(Kind.RELEASED, job, delay=delay)
 
     def lost(self, owner: str | None) -> Outcome:
         """This outcome, found not written: the lease was no longer this worker's."""

@@ -134,6 +134,13 @@ def check_max_attempts(max_attempts: int) -> int:
     return max_attempts
 
 
+def check_version(version: int) -> int:
+    """A job's payload version: an integer from 1 (it fits the ``integer`` column)."""
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 2**31:
+        raise PayloadError(f"version must be an integer >= 1, got {version!r}")
+    return version
+
+
 def check_correlation_id(value: str | None) -> str | None:
     """The correlation id to store: the argument, else the running job's, else None."""
     if value is None:

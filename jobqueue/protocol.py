@@ -17,6 +17,9 @@ from __future__ import annotations
 import hashlib
 
 SETTINGS_CHANGED = "settings"
+#: The exit status of a worker that stopped to be recycled (its --max-jobs-per-child
+#: or --max-memory): its supervisor starts a fresh one. 75 is EX_TEMPFAIL.
+RECYCLE_EXIT_CODE = 75
 _CANCEL_PREFIX = "cancel:"
 
 

@@ -93,7 +93,9 @@ class Registry:
             pass_context=options.get("pass_context", False),
             keep=history_seconds(options.get("history"), self.default_history),
             result=options.get("result", True),
-            transactional=options.get("transactional", False)))
+            transactional=options.get("transactional", False),
+            executor=options.get("executor") or "thread",
+            version=options.get("version", 1), upgrade=dict(options.get("upgrade") or {})))
 
     def add_task(self, task: Task) -> Task:
         with self._lock:
@@ -134,6 +136,11 @@ class Registry:
         d = self.default_max_attempts
         return Attempts({n: t.max_attempts for n, t in self.tasks.items() if t.max_attempts != d},
                         d)
+
+    def version(self, ref: TaskRef) -> int:
+        """The payload version a job of ``ref`` is enqueued for: the declared one, else 1."""
+        task = self.tasks.get(task_name(ref))
+        return 1 if task is None else task.version
 
     def job_defaults(self, ref: TaskRef) -> tuple[str, int, int]:
         """Queue, priority and max_attempts of a job of ``ref`` that sets none of them."""

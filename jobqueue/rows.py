@@ -39,6 +39,8 @@ class ClaimedJob:
     trace_context: dict[str, str] | None = None
     #: The dead job this one replays, if it is a replay.
     replay_of: int | None = None
+    #: The payload version its args were enqueued for (@app.task(version=N)).
+    version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +104,15 @@ class QueueSettings:
     max_running: int | None = None
     rate_limit: int | None = None
     rate_period: float | None = None
+    #: Backpressure: at most this many ready jobs before an enqueue pushes back ...
+    max_ready: int | None = None
+    #: ... by raising QueueFull (True) or by a warning and a counter (False).
+    reject_when_full: bool = False
 
     @property
     def limited(self) -> bool:
+        """Whether claims are limited (max_running, rate). ``max_ready`` is not a claim
+        limit: it is checked by enqueue, never by the worker."""
         return self.max_running is not None or self.rate_limit is not None
 
     def as_dict(self) -> dict[str, Any]:
@@ -112,6 +120,17 @@ class QueueSettings:
 
 
 OPEN_QUEUE = QueueSettings(name="")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLoad:
+    """A queue with a max_ready, and its ready jobs counted up to it (None: not counted,
+    the enqueue that asked puts nothing in it)."""
+
+    queue: str
+    max_ready: int
+    reject_when_full: bool
+    ready: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +160,8 @@ class QueueOverview:
     span_seconds: float
     paused: bool
     workers: int
+    #: Its backpressure limit (jobqueue queue limit --max-ready), if it has one.
+    max_ready: int | None = None
 
     @property
     def per_second(self) -> float:

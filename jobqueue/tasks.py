@@ -14,7 +14,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
@@ -24,6 +24,9 @@ from jobqueue.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY
 from jobqueue.errors import PermanentError, RetryAfter
 from jobqueue.outcome import DeadReason, ErrorEntry, Outcome
 from jobqueue.rows import ClaimedJob
+
+#: Where a sync handler may run (TaskOptions.executor); async ones run on the loop.
+EXECUTORS = ("thread", "process")
 
 
 class Decision(Enum):
@@ -123,6 +126,13 @@ class TaskOptions(TypedDict, total=False):
     result: bool
     #: Run the handler in a transaction (``ctx.conn``) that commits with its ack.
     transactional: bool
+    #: Where a sync handler runs: ``"thread"`` (default) or ``"process"`` (the
+    #: worker's pool of child processes: CPU-bound work, crash isolation).
+    executor: str | None
+    #: The version of the task's args; each job records the one it was enqueued for.
+    version: int
+    #: ``{n: fn}`` turns args of version ``n`` into version ``n + 1`` (each a dict).
+    upgrade: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] | None
 
 
 NOTE_LIMIT = 500
@@ -224,8 +234,28 @@ class Task:
     keep: float = 0.0
     result: bool = True
     transactional: bool = False
+    #: "thread" or "process" (see TaskOptions.executor).
+    executor: str = "thread"
+    version: int = 1
+    upgrade: Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]] = field(
+        default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"task {self.name!r}: executor must be one of "
+                             f"{', '.join(map(repr, EXECUTORS))}, got {self.executor!r}")
+        if self.executor == "process" and self.transactional:
+            # Its transaction is a connection of the worker's pool, which a child
+            # process cannot share.
+            raise ValueError(f"task {self.name!r}: a transactional task cannot run in a "
+                             "process (its transaction is the worker's connection)")
+        if not isinstance(self.version, int) or isinstance(self.version, bool) \
+                or self.version < 1:
+            raise ValueError(f"task {self.name!r}: version must be an integer >= 1")
+        for old, step in self.upgrade.items():
+            if not isinstance(old, int) or not 1 <= old < self.version or not callable(step):
+                raise ValueError(f"task {self.name!r}: upgrade maps a version from 1 to "
+                                 f"{self.version - 1} to a function, got {old!r}: {step!r}")
         if self.max_attempts < 1:
             raise ValueError(f"task {self.name!r}: max_attempts must be >= 1")
         if self.timeout is not None and self.timeout <= 0:
@@ -233,6 +263,21 @@ class Task:
         if self.keep < 0:
             raise ValueError(f"task {self.name!r}: history must be >= 0")
         self.is_async = inspect.iscoroutinefunction(self.fn)
+
+    def upgraded(self, args: dict[str, Any], version: int) -> dict[str, Any]:
+        """``args`` of a job enqueued for ``version``, brought to this task's version
+        one step at a time; PermanentError where a step is missing (no attempt
+        could ever succeed)."""
+        for old in range(version, self.version):
+            step = self.upgrade.get(old)
+            if step is None:
+                raise PermanentError(f"task {self.name!r} has no upgrade from payload "
+                                     f"version {old} to {old + 1}")
+            args = step(dict(args))
+            if not isinstance(args, dict):
+                raise PermanentError(f"task {self.name!r}: upgrade from version {old} "
+                                     f"returned {type(args).__name__}, not a dict")
+        return args
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Calling a task runs its function directly, as a plain call (handy in tests)."""

@@ -51,6 +51,8 @@ class Signature:
     priority: int
     max_attempts: int | None
     lock_key: str | None = None
+    #: The payload version of ``args`` (the task's declared one, else 1).
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ def signature(registry: Registry, ref: TaskRef, args: Mapping[str, Any] | None,
         task=name, args=encode_args(args, registry.payload_limit), queue=queue,
         priority=check_priority(task.priority if priority is None and task else priority or 0),
         max_attempts=None if attempts is None else check_max_attempts(attempts),
-        lock_key=check_lock_key(options.get("lock")))
+        lock_key=check_lock_key(options.get("lock")),
+        version=task.version if task else 1)
 
 
 @dataclass

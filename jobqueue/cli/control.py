@@ -38,23 +38,36 @@ def limit_cmd(
     rate: Annotated[int | None, typer.Option(
         "--rate", min=1, help="At most N jobs of NAME started per --per seconds.")] = None,
     per: Annotated[float | None, typer.Option("--per", help="Rate period, seconds.")] = None,
+    max_ready: Annotated[int | None, typer.Option(
+        "--max-ready", min=1, help="Backpressure: once N jobs of NAME are ready, an enqueue "
+        "warns (and counts), or with --reject raises QueueFull.")] = None,
+    reject: Annotated[bool, typer.Option(
+        "--reject", help="With --max-ready: refuse enqueues into a full NAME.")] = False,
     dsn: Dsn = None, schema: Schema = None,
 ) -> None:
     """Set NAME's fleet-wide limits; omitted limits are cleared."""
     if (rate is None) != (per is None):
         raise fail("--rate and --per go together (e.g. --rate 100 --per 60)")
+    if reject and max_ready is None:
+        raise fail("--reject needs --max-ready (e.g. --max-ready 10000 --reject)")
     jq = plain_app(dsn, schema)
     with jq.connect() as conn:
         jq.queues.set_limits(name, max_running=max_running, rate_limit=rate, rate_period=per,
-                             conn=conn)
+                             max_ready=max_ready, reject_when_full=reject, conn=conn)
     parts = [f"max running {max_running}" if max_running else "no concurrency limit",
-             f"{rate} per {per:g}s" if rate and per else "no rate limit"]
+             f"{rate} per {per:g}s" if rate and per else "no rate limit",
+             f"max ready {max_ready} ({_when_full(reject)} when full)" if max_ready
+             else "no ready limit"]
     typer.echo(f"queue {name!r}: " + ", ".join(parts))
+
+
+def _when_full(reject: bool) -> str:
+    return "rejects" if reject else "warns"
 
 
 @queue_app.command("list")
 def list_cmd(dsn: Dsn = None, schema: Schema = None, as_json: Json = False) -> None:
-    """Queues with controls set (paused, limits)."""
+    """Queues with controls set (paused, limits, max ready)."""
     jq = plain_app(dsn, schema)
     with jq.connect() as conn:
         rows = jq.queues.settings(conn=conn)
@@ -64,10 +77,12 @@ def list_cmd(dsn: Dsn = None, schema: Schema = None, as_json: Json = False) -> N
     if not rows:
         typer.echo("no queue has controls set: all run, unlimited")
         return
-    typer.echo(table(["queue", "paused", "max running", "rate"],
+    typer.echo(table(["queue", "paused", "max running", "rate", "max ready", "when full"],
                      [[r.name, "yes" if r.paused else "no", r.max_running,
                        f"{r.rate_limit}/{r.rate_period:g}s" if r.rate_limit and r.rate_period
-                       else None] for r in rows]))
+                       else None, r.max_ready,
+                       ("reject" if r.reject_when_full else "warn") if r.max_ready else None]
+                      for r in rows]))
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,8 @@ import typer
 
 from jobqueue.cli.options import AppPath, Dsn, ListenDsn, Pooler, Schema, load_app
 from jobqueue.cli.output import fail
+from jobqueue.cli.supervise import child_command, supervised
+from jobqueue.cli.supervise import supervise as run_supervisor
 from jobqueue.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
@@ -17,6 +19,7 @@ from jobqueue.config import (
     DEFAULT_SHUTDOWN_TIMEOUT,
 )
 from jobqueue.errors import ConfigError
+from jobqueue.protocol import RECYCLE_EXIT_CODE
 from jobqueue.worker import WorkerConfig
 
 
@@ -90,10 +93,28 @@ def register(app: typer.Typer) -> None:
             "--fair-every", min=0,
             help="Every Nth claim takes the oldest jobs whatever their priority "
                  "(0: never).")] = 10,
+        processes: Annotated[int | None, typer.Option(
+            "--processes", min=1,
+            help="Child processes for executor=\"process\" tasks. [default: one per CPU]")]
+        = None,
+        max_jobs_per_child: Annotated[int | None, typer.Option(
+            "--max-jobs-per-child", min=1,
+            help="Replace a process child after N jobs (and, with --supervise, this worker "
+                 "after N jobs started).")] = None,
+        max_memory: Annotated[float | None, typer.Option(
+            "--max-memory", min=1,
+            help="Replace a process child whose resident memory passed MB after a job (and, "
+                 "with --supervise, this worker past MB).")] = None,
+        supervise: Annotated[bool, typer.Option(
+            "--supervise",
+            help="Run the worker as a child process and start a fresh one when it recycles "
+                 "itself (--max-jobs-per-child, --max-memory) or is killed.")] = False,
     ) -> None:
         """Run a worker until SIGTERM/SIGINT (or, with --burst, until the queues are empty)."""
         if not app_path:
             raise fail("--app is required (or set JOBQUEUE_APP), e.g. --app myproject.jobs:app")
+        if supervise:
+            raise typer.Exit(run_supervisor(child_command()))
         queue = load_app(app_path, dsn, schema, pooler, listen_dsn)
         names, weights = parse_queues(queues) if queues else ((), None)
         config = WorkerConfig(
@@ -101,11 +122,16 @@ def register(app: typer.Typer) -> None:
             burst=burst,
             shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
             batch_size=batch_size, metrics_port=metrics_port, metrics_addr=metrics_addr,
-            metrics_interval=metrics_interval, queue_weights=weights, fair_every=fair_every)
+            metrics_interval=metrics_interval, queue_weights=weights, fair_every=fair_every,
+            processes=processes, max_jobs_per_child=max_jobs_per_child, max_memory=max_memory,
+            recycle=supervised())
         worker = queue.worker(config)
         worker.run()
+        code = 0 if worker.recycled is None else RECYCLE_EXIT_CODE
         if worker.abandoned_threads:
             # Sync handlers still running past the grace: their jobs are already
             # released, so leave now instead of waiting for the threads.
             sys.stderr.flush()
-            os._exit(0)
+            os._exit(code)
+        if code:
+            raise typer.Exit(code)

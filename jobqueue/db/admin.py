@@ -1,4 +1,5 @@
-"""Procedures of the operators' tools: dead jobs, queue controls, the overview, cron.
+"""Procedures of the operators' tools: dead jobs, queue controls and backpressure, the
+overview, cron.
 
 The filters of every dead-jobs command share one SQL fragment
 (``fragment_dead_filter``) where each filter is optional (NULL means "any"),
@@ -7,10 +8,14 @@ so one static statement serves every combination.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from psycopg.sql import Identifier
 
 from jobqueue import sql
+from jobqueue.backpressure import Backpressure
 from jobqueue.config import DEFAULT_WORKER_TIMEOUT
 from jobqueue.db.fleet import notify
 from jobqueue.db.statement import Op, Procedure, in_transaction, row, rows, run, scalar
@@ -19,10 +24,13 @@ from jobqueue.rows import (
     DeadJob,
     DeadJobSummary,
     JobId,
+    QueueLoad,
     QueueOverview,
     ReplayedRow,
     StoredSchedule,
 )
+
+T = TypeVar("T")
 
 # -- dead jobs ------------------------------------------------------------------------------
 
@@ -98,6 +106,31 @@ def _set_queue(statement: str, params: dict[str, Any], control: str) -> Procedur
     yield notify(control, SETTINGS_CHANGED)
 
 
+def backpressured(gate: Backpressure, schema: str, queues: Sequence[str],
+                  insert: Procedure[T]) -> Procedure[T]:
+    """``insert`` (an enqueue into ``queues``, one entry per job) behind its queues'
+    ``max_ready``, on the enqueue's connection: QueueFull before the insert is sent,
+    or the insert and then the over-limit count (see :mod:`jobqueue.backpressure`).
+
+    Only what is due runs: the catalog's "may this role read the limits?" once,
+    then one statement that reads the limits and counts the batch's limited queues.
+    """
+    if gate.must_ask_readable():
+        readable = yield scalar("backpressure_readable", {
+            "queues": Identifier(schema, "queues").as_string(None),
+            "jobs": Identifier(schema, "jobs").as_string(None)})
+        gate.set_readable(readable is True)
+    full: list[QueueLoad] = []
+    if gate.must_check():
+        loads: list[QueueLoad] = yield rows("backpressure", {"queues": sorted(set(queues))},
+                                            QueueLoad)
+        full = gate.judge(loads)
+    inserted: T = yield from insert
+    if full:
+        gate.over_limit(full, queues)
+    return inserted
+
+
 # -- overview and schedules -----------------------------------------------------------------
 
 
@@ -121,7 +154,7 @@ def stored_schedules() -> Op:
 #: The statements that grant each kind of role what it needs, in order.
 GRANTS = {
     "producer": ("grant_schema_usage", "grant_producer", "grant_job_ids",
-                 "grant_producer_workflows"),
+                 "grant_producer_workflows", "grant_producer_backpressure"),
     # Reading outcomes (app.job, app.result) sees args and results: a right of its own.
     "results": ("grant_schema_usage", "grant_results", "grant_results_workflows"),
     "worker": ("grant_schema_usage", "grant_worker", "grant_worker_reads", "grant_job_ids",

@@ -126,10 +126,11 @@ def copy_rows(ids: list[int], batch: JobBatch, run_at: str) -> Iterator[str]:
     queues, tasks, args = batch.queues, batch.tasks, batch.args
     priorities = batch.priorities
     attempts = ["\\N" if n is None else n for n in batch.max_attempts]
+    versions = batch.versions
     for first in range(0, len(ids), COPY_CHUNK):
         yield "".join(
             f"{ids[i]}\t{text(queues[i])}\t{text(tasks[i])}\t{copy_text(args[i])}\t"
-            f"{priorities[i]}\t{run_at}\t{attempts[i]}\t{shared}\n"
+            f"{priorities[i]}\t{run_at}\t{attempts[i]}\t{versions[i]}\t{shared}\n"
             for i in range(first, min(len(ids), first + COPY_CHUNK)))
 
 
@@ -328,9 +329,10 @@ def record(outcomes: Sequence[Outcome], unlock: Sequence[int], counts: Tally,
                                            _json(o.error.to_json() if o.error else None)))
                                for o in dead),
             "worker_id": worker_id, "awaited_channel": outcome_channel(schema)}, JobId))
-    if released := by_kind[Kind.RELEASED]:
-        ops.append(rows("release_jobs", {"ids": [o.job.id for o in released],
-                                         "worker_id": worker_id}, JobId))
+    for delay in sorted({o.delay for o in by_kind[Kind.RELEASED]}):
+        ops.append(rows("release_jobs", {
+            "ids": [o.job.id for o in by_kind[Kind.RELEASED] if o.delay == delay],
+            "worker_id": worker_id, "delay": delay}, JobId))
     acks = len(ops)
     if unlock:
         ops.append(run("release_locks", {"ids": list(unlock), "worker_id": worker_id}))
@@ -356,8 +358,8 @@ _TALLIED = {Kind.SUCCEEDED: 0, Kind.RETRIED: 1, Kind.DEAD: 2}
 
 def release_all(worker_id: str) -> Procedure[int]:
     """Shutdown: hand back every job still running here, and their lock keys."""
-    released: list[JobId] = yield rows("release_jobs", {"ids": None, "worker_id": worker_id},
-                                       JobId)
+    released: list[JobId] = yield rows("release_jobs", {"ids": None, "worker_id": worker_id,
+                                                        "delay": 0.0}, JobId)
     ids = [r.id for r in released]
     if ids:
         yield run("release_locks", {"ids": ids, "worker_id": worker_id})

@@ -39,6 +39,7 @@ def insert(plan: Plan, schema: str, correlation_id: str | None,
         "args": [n.args for n in nodes], "priorities": [n.priority for n in nodes],
         "max_attempts": [n.max_attempts for n in nodes], "waiting": plan.waiting(),
         "lock_keys": [n.lock_key for n in nodes],
+        "versions": [n.version for n in nodes],
         "edge_nodes": [e[0] for e in edges], "edge_deps": [e[1] for e in edges],
         "edge_positions": [e[2] for e in edges]}, WorkflowIds)
     return inserted
@@ -73,7 +74,7 @@ def _node_rows(plan: Plan, reserved: WorkflowIds, waiting: list[int],
         state = "waiting" if count else "queued"
         lines.append(f"{job_id}\t{copy_text(node.queue)}\t{copy_text(node.task)}\t"
                      f"{copy_text(node.args)}\t{node.priority}\t{attempts}\t{state}\t{count}\t"
-                     f"{shared}\t{_null(node.lock_key)}\t{trace}\n")
+                     f"{shared}\t{_null(node.lock_key)}\t{trace}\t{node.version}\n")
         if len(lines) >= COPY_CHUNK:
             yield "".join(lines)
             lines = []

@@ -28,12 +28,12 @@ SELECT version_num FROM {schema}.jobqueue_alembic_version;
 -- enqueues in one transaction still cost a single NOTIFY at commit.
 WITH job AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts, unique_key,
-                               correlation_id, lock_key, trace_context)
+                               correlation_id, lock_key, trace_context, version)
     VALUES (%(queue)s, %(task)s, %(args)s::jsonb, %(priority)s,
             COALESCE(%(run_at)s::timestamptz,
                      now() + make_interval(secs => %(delay)s::float8)),
             %(max_attempts)s, %(unique_key)s, %(correlation_id)s::text, %(lock_key)s::text,
-            %(trace_context)s::jsonb)
+            %(trace_context)s::jsonb, %(version)s::integer)
     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
     RETURNING id, queue, run_at
 ), notified AS (
@@ -52,15 +52,16 @@ SELECT id FROM {schema}.jobs WHERE unique_key = %(unique_key)s;
 -- input order, one NOTIFY per distinct ready queue.
 WITH job AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts,
-                               correlation_id, lock_key, trace_context)
+                               correlation_id, lock_key, trace_context, version)
     SELECT u.queue, u.task, u.args, u.priority,
            COALESCE(%(run_at)s::timestamptz,
                     now() + make_interval(secs => %(delay)s::float8)),
            u.max_attempts, %(correlation_id)s::text, %(lock_key)s::text,
-           %(trace_context)s::jsonb
+           %(trace_context)s::jsonb, u.version
     FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
-                %(priorities)s::smallint[], %(max_attempts)s::integer[])
-         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, ord)
+                %(priorities)s::smallint[], %(max_attempts)s::integer[],
+                %(versions)s::integer[])
+         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, version, ord)
     ORDER BY u.ord
     RETURNING id, queue, run_at
 ), notified AS (
@@ -89,8 +90,8 @@ FROM due;
 
 -- name: copy_jobs
 -- Step 2: the rows, in COPY's text format (see enqueue.copy_rows).
-COPY {schema}.jobs (id, queue, task, args, priority, run_at, max_attempts, correlation_id,
-                    lock_key, trace_context)
+COPY {schema}.jobs (id, queue, task, args, priority, run_at, max_attempts, version,
+                    correlation_id, lock_key, trace_context)
 FROM STDIN;
 
 -- name: next_run_at
@@ -240,10 +241,15 @@ doomed AS (
 SELECT id, locked_by FROM {schema}.jobs WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: release_jobs
--- Graceful shutdown: hand unfinished jobs back without counting the attempt
--- the claim had counted; these ids, or (NULL) all of the worker's.
+-- Hand unfinished jobs back without counting the attempt the claim had
+-- counted (a graceful shutdown; a job for a newer payload version than this
+-- worker knows): these ids, or (NULL) all of the worker's. A delay keeps them
+-- from this worker's next claim for a while, which a rolling deploy's newer
+-- workers use.
 UPDATE {schema}.jobs
-SET state = 'queued', attempts = attempts - 1, locked_by = NULL, locked_until = NULL
+SET state = 'queued', attempts = attempts - 1, locked_by = NULL, locked_until = NULL,
+    run_at = CASE WHEN %(delay)s::float8 > 0
+                  THEN now() + make_interval(secs => %(delay)s::float8) ELSE run_at END
 WHERE locked_by = %(worker_id)s AND state = 'running'
   AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
 RETURNING id;
@@ -328,7 +334,7 @@ RETURNING w.id;
 -- listed once for every statement that moves jobs there.
 id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key, cron_name,
 replay_of, created_at, lock_key, correlation_id, started_at, progress, workflow_id,
-trace_context
+trace_context, version
 
 -- name: fragment_error_entry
 -- One element of a job's errors array built in SQL, for a job whose attempt
@@ -418,9 +424,10 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), inserted AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, max_attempts, unique_key,
-                               cron_name, replay_of, lock_key, correlation_id, trace_context)
+                               cron_name, replay_of, lock_key, correlation_id, trace_context,
+                               version)
     SELECT d.queue, d.task, d.args, d.priority, d.max_attempts, d.unique_key, d.cron_name, d.id,
-           d.lock_key, d.correlation_id, d.trace_context
+           d.lock_key, d.correlation_id, d.trace_context, d.version
     FROM {schema}.dead_jobs AS d JOIN picked USING (id)
     WHERE d.reason <> 'dependency_failed'
     ORDER BY d.id
@@ -451,18 +458,62 @@ INSERT INTO {schema}.queues (name, paused) VALUES (%(queue)s, %(paused)s)
 ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now();
 
 -- name: queue_set_limits
--- NULL clears a limit.
-INSERT INTO {schema}.queues (name, max_running, rate_limit, rate_period)
-VALUES (%(queue)s, %(max_running)s, %(rate_limit)s, %(rate_period)s)
+-- NULL clears a limit; every limit is set at once (what is not given is cleared).
+INSERT INTO {schema}.queues (name, max_running, rate_limit, rate_period, max_ready,
+                             reject_when_full)
+VALUES (%(queue)s, %(max_running)s, %(rate_limit)s, %(rate_period)s, %(max_ready)s,
+        %(reject_when_full)s)
 ON CONFLICT (name) DO UPDATE
 SET max_running = EXCLUDED.max_running, rate_limit = EXCLUDED.rate_limit,
-    rate_period = EXCLUDED.rate_period, updated_at = now();
+    rate_period = EXCLUDED.rate_period, max_ready = EXCLUDED.max_ready,
+    reject_when_full = EXCLUDED.reject_when_full, updated_at = now();
 
 -- name: queue_settings
-SELECT name, paused, max_running, rate_limit, rate_period
+SELECT name, paused, max_running, rate_limit, rate_period, max_ready, reject_when_full
 FROM {schema}.queues
 WHERE %(queues)s::text[] IS NULL OR name = ANY(%(queues)s::text[])
 ORDER BY name;
+
+-- name: backpressure_readable
+-- Whether this role may read what the backpressure check reads. A producer
+-- granted its rights before backpressure existed may not, and a statement
+-- that reads them would fail and poison the caller's transaction: the
+-- catalog is asked instead, which cannot fail (a missing column counts as
+-- unreadable too). %(queues)s and %(jobs)s are the tables' qualified names.
+SELECT count(*) = 6
+       AND coalesce(bool_and(has_column_privilege(a.attrelid, a.attnum, 'SELECT')), false)
+       AS readable
+FROM (VALUES (%(queues)s::text, 'name'), (%(queues)s, 'max_ready'),
+             (%(queues)s, 'reject_when_full'),
+             (%(jobs)s, 'queue'), (%(jobs)s, 'state'), (%(jobs)s, 'run_at')) AS c(rel, col)
+JOIN pg_attribute AS a
+  ON a.attrelid = to_regclass(c.rel) AND a.attname = c.col AND NOT a.attisdropped;
+
+-- name: backpressure
+-- Every queue with a max_ready (what a producer caches for a couple of
+-- seconds) and, for the queues an enqueue is about to fill (%(queues)s), its
+-- ready jobs counted no further than max_ready: an index-only walk of
+-- jobs_oldest_idx in run_at order that stops after max_ready entries, so the
+-- check costs the same under a backlog of 100 or of 10M. CASE runs the count
+-- only for those queues. "Ready" is what `stats` calls queued: due now, not
+-- scheduled for later (retries backing off, delays).
+SELECT q.name AS queue, q.max_ready, q.reject_when_full,
+       CASE WHEN q.name = ANY(%(queues)s::text[]) THEN
+           (SELECT count(*)
+            FROM (SELECT 1 FROM {schema}.jobs AS j
+                  WHERE j.queue = q.name AND j.state = 'queued' AND j.run_at <= now()
+                  ORDER BY j.run_at
+                  LIMIT q.max_ready) AS capped)::integer
+       END AS ready
+FROM {schema}.queues AS q
+WHERE q.max_ready IS NOT NULL
+ORDER BY q.name;
+
+-- name: grant_producer_backpressure
+-- Enqueue checks the limits of the queues it fills (max_ready) and counts
+-- their ready jobs: which queue and state, no args.
+GRANT SELECT (name, max_ready, reject_when_full) ON {schema}.queues TO {role};
+GRANT SELECT (state) ON {schema}.jobs TO {role};
 
 -- name: notify
 SELECT pg_notify(%(channel)s, %(message)s);
@@ -586,6 +637,7 @@ SELECT names.queue,
        COALESCE(done.dead, 0)::bigint AS dead_1m,
        extract(epoch FROM now() - span.since)::float8 AS span_seconds,
        COALESCE(q.paused, false) AS paused,
+       q.max_ready,
        COALESCE(served.workers, 0) AS workers
 FROM names CROSS JOIN span
 LEFT JOIN live ON live.queue = names.queue
@@ -835,9 +887,9 @@ WITH advanced AS (
     SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE cron_name = %(name)s) AS running
 ), fired AS (
     INSERT INTO {schema}.jobs (queue, task, args, priority, run_at, max_attempts, unique_key,
-                               cron_name, trace_context)
+                               cron_name, trace_context, version)
     SELECT %(queue)s, %(task)s, %(args)s::jsonb, %(priority)s, t.tick, %(max_attempts)s,
-           t.key, advanced.name, %(trace_context)s::jsonb
+           t.key, advanced.name, %(trace_context)s::jsonb, %(version)s::integer
     FROM advanced
     CROSS JOIN busy
     CROSS JOIN unnest(%(ticks)s::timestamptz[], %(keys)s::text[]) WITH ORDINALITY
@@ -907,7 +959,7 @@ RETURNING j.id, j.queue, j.task, j.args, j.attempts, j.max_attempts, j.priority,
               (SELECT array_agg(d.result ORDER BY d.position) FROM {schema}.job_deps AS d
                WHERE d.job_id = j.id)
           END AS parent_results,
-          j.trace_context, j.replay_of
+          j.trace_context, j.replay_of, j.version
 
 -- name: claim
 -- The fetcher's claim. Each queue's head is read from jobs_ready_idx with
@@ -1002,15 +1054,16 @@ WITH wf AS (
     FROM generate_series(1, %(n)s) AS g(ord)
 ), job AS (
     INSERT INTO {schema}.jobs (id, queue, task, args, priority, max_attempts, state, waiting,
-                               workflow_id, correlation_id, lock_key, trace_context)
+                               workflow_id, correlation_id, lock_key, trace_context, version)
     OVERRIDING SYSTEM VALUE
     SELECT ids.id, u.queue, u.task, u.args, u.priority, u.max_attempts,
            CASE WHEN u.waiting > 0 THEN 'waiting' ELSE 'queued' END, u.waiting, wf.id,
-           %(correlation_id)s::text, u.lock_key, %(trace_context)s::jsonb
+           %(correlation_id)s::text, u.lock_key, %(trace_context)s::jsonb, u.version
     FROM unnest(%(queues)s::text[], %(tasks)s::text[], %(args)s::jsonb[],
                 %(priorities)s::smallint[], %(max_attempts)s::integer[], %(waiting)s::integer[],
-                %(lock_keys)s::text[])
-         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, waiting, lock_key, ord)
+                %(lock_keys)s::text[], %(versions)s::integer[])
+         WITH ORDINALITY AS u(queue, task, args, priority, max_attempts, waiting, lock_key,
+                              version, ord)
     JOIN ids ON ids.ord = u.ord
     CROSS JOIN wf
     RETURNING id
@@ -1051,7 +1104,7 @@ FROM wf CROSS JOIN notified;
 -- name: copy_workflow_jobs
 -- Step 2: the nodes, in COPY's text format.
 COPY {schema}.jobs (id, queue, task, args, priority, max_attempts, state, waiting, workflow_id,
-                    correlation_id, lock_key, trace_context)
+                    correlation_id, lock_key, trace_context, version)
 FROM STDIN;
 
 -- name: copy_workflow_edges
@@ -1101,13 +1154,13 @@ WITH cand AS (
 )
 INSERT INTO {schema}.jobs (id, queue, task, args, priority, run_at, max_attempts, unique_key,
                            cron_name, replay_of, created_at, lock_key, correlation_id,
-                           workflow_id, errors, state, waiting, trace_context)
+                           workflow_id, errors, state, waiting, trace_context, version)
 OVERRIDING SYSTEM VALUE
 SELECT m.id, m.queue, m.task, m.args, m.priority, now(), m.max_attempts, m.unique_key,
        m.cron_name, m.replay_of, m.created_at, m.lock_key, m.correlation_id, m.workflow_id,
        m.errors, 'waiting',
        (SELECT count(*) FROM {schema}.job_deps AS e WHERE e.job_id = m.id AND NOT e.done),
-       m.trace_context
+       m.trace_context, m.version
 FROM moved AS m
 RETURNING id;
 

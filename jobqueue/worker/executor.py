@@ -24,15 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jobqueue import tracing
-from jobqueue.config import DEFAULT_PAYLOAD_LIMIT
+from jobqueue.config import DEFAULT_PAYLOAD_LIMIT, NEWER_VERSION_DELAY
 from jobqueue.errors import LeaseLostError, PayloadError, ResultError
 from jobqueue.outcome import DeadReason, ErrorEntry, Kind, Outcome
 from jobqueue.payload import encode_result
 from jobqueue.rows import ClaimedJob
 from jobqueue.tasks import JobContext, Task
 from jobqueue.worker.completer import Completer
-from jobqueue.worker.forked import fork_available, run_forked
+from jobqueue.worker.forked import HandlerProcessDied, fork_available, run_forked
 from jobqueue.worker.lifecycle import Lifecycle
+from jobqueue.worker.processes import ProcessPool
 from jobqueue.worker.progress import ProgressWriter
 from jobqueue.worker.state import Running, WorkerState
 from jobqueue.worker.threads import ThreadRunner
@@ -52,7 +53,8 @@ class Executor:
     def __init__(self, tasks: Mapping[str, Task], state: WorkerState, completer: Completer,
                  lifecycle: Lifecycle, log: Any, *, result_limit: int = DEFAULT_PAYLOAD_LIMIT,
                  progress: ProgressWriter | None = None,
-                 transactions: Transactions | None = None) -> None:
+                 transactions: Transactions | None = None,
+                 processes: ProcessPool | None = None) -> None:
         self.tasks = tasks
         self.state = state
         self.completer = completer
@@ -61,6 +63,8 @@ class Executor:
         self.result_limit = result_limit
         self.progress = progress
         self.transactions = transactions
+        # Handlers of executor="process" tasks (a pool only when there is one).
+        self.processes = processes
         # Sync handlers without a timeout: a thread each, results back in batches.
         self.runner: ThreadRunner[ClaimedJob, Outcome] = ThreadRunner(
             state.concurrency, asyncio.get_running_loop(), self._delivered)
@@ -73,6 +77,8 @@ class Executor:
         # Jobs an operator cancelled (jobqueue cancel) while they ran.
         self.cancel_requested: set[int] = set()
         self.starting = True  # False once the worker stops: buffered jobs stay unstarted
+        # (task, version) pairs newer than this worker knows, logged once each.
+        self._newer_seen: set[tuple[str, int]] = set()
 
     def accept(self, jobs: list[ClaimedJob]) -> None:
         """Claimed jobs: into the buffer, and started while there are free slots."""
@@ -114,7 +120,8 @@ class Executor:
         handler = self.tasks.get(job.task)
         state.idle.clear()
         state.started += 1
-        if handler is not None and not handler.is_async and handler.timeout is None:
+        if (handler is not None and not handler.is_async and handler.timeout is None
+                and handler.executor == "thread"):
             state.inflight[job.id] = Running(None, ctx, False, False)
             self.runner.submit(job, functools.partial(self._attempt_in_thread, job, ctx,
                                                       handler))
@@ -234,6 +241,16 @@ class Executor:
             return Outcome.dead(job, None, DeadReason.UNKNOWN_TASK, ErrorEntry.of(
                 job.attempts, self.state.worker_id, "UnknownTask",
                 f"no task named {job.task!r} is registered in this worker"))
+        if job.version > task.version:
+            # Enqueued by newer code than this worker runs (a rolling deploy):
+            # its args may not fit this handler. Handed back, the attempt not
+            # counted, so it waits for a worker that knows its version.
+            if (task.name, job.version) not in self._newer_seen:
+                self._newer_seen.add((task.name, job.version))
+                self.log.warning("job.newer_version", job_id=job.id, task=job.task,
+                                 version=job.version, known=task.version,
+                                 note="released for a worker that knows this version")
+            return Outcome.released(job, NEWER_VERSION_DELAY)
         if job.cancel_requested:
             # Cancelled while it was running before and then went back to the
             # queue (a retry, a shutdown): honour the cancel instead of running.
@@ -251,7 +268,12 @@ class Executor:
             # retry would run the job the operator cancelled again.
             return Outcome.dead(job, duration, DeadReason.CANCELLED,
                                 ErrorEntry.of_exception(job.attempts, self.state.worker_id, exc))
-        return task.retry.outcome(job, exc, duration, self.state.worker_id)
+        outcome = task.retry.outcome(job, exc, duration, self.state.worker_id)
+        if isinstance(exc, HandlerProcessDied) and outcome.kind is Kind.DEAD:
+            # Its process died under it (a segfault, the OOM killer, os._exit):
+            # say so, whatever the retry policy made of the error.
+            return outcome._replace(reason=DeadReason.CRASHED)
+        return outcome
 
     async def _attempt(self, job: ClaimedJob, ctx: JobContext, task: Task | None) -> Outcome:
         """The one Outcome of this attempt (CancelledError: shutdown, none), in the
@@ -269,6 +291,8 @@ class Executor:
             return refused
         assert task is not None  # refused otherwise
         try:
+            if job.version < task.version:
+                job.args = task.upgraded(job.args, job.version)
             if task.transactional:
                 return await self._transact(task, job, ctx, started)
             value = await self._call(task, job, ctx)
@@ -372,9 +396,11 @@ class Executor:
         refused = self._refused(job, task)
         if refused is not None:
             return refused
-        if task.transactional:
-            return self._transact_sync(task, job, ctx, started)
         try:
+            if job.version < task.version:
+                job.args = task.upgraded(job.args, job.version)
+            if task.transactional:
+                return self._transact_sync(task, job, ctx, started)
             value = task.fn(ctx, **job.args) if task.pass_context else task.fn(**job.args)
         except BaseException as exc:  # noqa: BLE001 - any handler failure is the job's outcome
             return self._failed(job, task, exc, started)
@@ -383,6 +409,14 @@ class Executor:
     async def _call(self, task: Task, job: ClaimedJob, ctx: JobContext) -> Any:
         """The handler's return value (it raises what the handler raised)."""
         args = job.args
+        if task.executor == "process":
+            assert self.processes is not None  # built whenever a task has executor="process"
+            try:
+                return await self.processes.run(task, args, ctx, task.timeout,
+                                                functools.partial(self._child_progress, ctx))
+            except asyncio.TimeoutError:
+                raise HandlerTimeoutError(f"timed out after {task.timeout:g}s (process killed)") \
+                    from None
         if task.is_async:
             coro = task.fn(ctx, **args) if task.pass_context else task.fn(**args)
             if task.timeout is None:
@@ -405,6 +439,12 @@ class Executor:
                 raise HandlerTimeoutError(f"timed out after {task.timeout:g}s (process killed)") \
                     from None
         return await self._call_thread_with_timeout(call, task, job, ctx)
+
+    def _child_progress(self, ctx: JobContext, progress: str | None) -> None:
+        """A handler in a child process reported progress: write it as for any job."""
+        ctx.last_progress = progress
+        if self.progress is not None:
+            self.progress.report(ctx)
 
     def _in_pool(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
         # run_in_executor does not carry context variables into the thread

@@ -64,29 +64,66 @@ def _release_write_locks() -> None:
             lock.release()
 
 
-def _child(call: Callable[[], Any], out: Connection, parent: int) -> None:
-    _die_with_parent(parent)
-    _release_write_locks()
+def call_message(call: Callable[[], Any]) -> tuple[str, Any]:
+    """In a child: run ``call`` and say what came of it as a picklable message."""
     try:
         value = call()
         try:
-            message: tuple[str, Any] = ("ok", pickle.dumps(value))
+            return ("ok", pickle.dumps(value))
         except Exception as exc:  # noqa: BLE001 - the parent reports it as the attempt's error
-            message = ("unsendable", f"the handler's result cannot leave its process: {exc}")
+            return ("unsendable", f"the handler's result cannot leave its process: {exc}")
     except BaseException as exc:  # noqa: BLE001 - the parent decides what it means
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
             blob = pickle.dumps(exc)
             pickle.loads(blob)
-            message = ("raised", (blob, tb))
+            return ("raised", (blob, tb))
         except Exception:  # noqa: BLE001 - unpicklable exception: send its description
-            message = ("described", (f"{type(exc).__module__}.{type(exc).__qualname__}",
-                                     str(exc), tb))
+            return ("described", (f"{type(exc).__module__}.{type(exc).__qualname__}",
+                                  str(exc), tb))
+
+
+def in_child(parent: int) -> None:
+    """What a forked handler process does first."""
+    _die_with_parent(parent)
+    _release_write_locks()
+
+
+def _child(call: Callable[[], Any], out: Connection, parent: int) -> None:
+    in_child(parent)
+    message = call_message(call)
     try:
         out.send(message)
     finally:
         out.close()
         os._exit(0)
+
+
+def died(exitcode: int | None) -> HandlerProcessDied:
+    """The error of a handler process that ended without a result."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"was killed by signal {-exitcode}"
+    else:
+        how = f"exited with code {exitcode}"
+    return HandlerProcessDied(f"the handler's process {how} without a result")
+
+
+def unpack(kind: str, payload: Any) -> Any:
+    """In the parent: what a child's message says the call returned (or raise it)."""
+    if kind == "ok":
+        return pickle.loads(payload)
+    if kind == "unsendable":
+        raise ResultError(payload)
+    if kind == "raised":
+        blob, tb = payload
+        exc = pickle.loads(blob)
+        exc.__notes__ = [*getattr(exc, "__notes__", []), "in the handler's process:\n" + tb]
+        raise exc
+    type_name, message, tb = payload
+    raise HandlerProcessError(f"{type_name}: {message}\n{tb}")
 
 
 async def run_forked(call: Callable[[], Any], timeout: float) -> Any:
@@ -117,9 +154,7 @@ async def run_forked(call: Callable[[], Any], timeout: float) -> Any:
             kind, payload = reader.recv()
         except EOFError:
             await loop.run_in_executor(None, proc.join, 5)
-            raise HandlerProcessDied(
-                f"the handler's process exited with code {proc.exitcode} without a result"
-            ) from None
+            raise died(proc.exitcode) from None
     finally:
         if proc.is_alive() and not readable.done():
             proc.kill()
@@ -128,14 +163,4 @@ async def run_forked(call: Callable[[], Any], timeout: float) -> Any:
             reader.close()
         with contextlib.suppress(Exception):
             proc.close()
-    if kind == "ok":
-        return pickle.loads(payload)
-    if kind == "unsendable":
-        raise ResultError(payload)
-    if kind == "raised":
-        blob, tb = payload
-        exc = pickle.loads(blob)
-        exc.__notes__ = [*getattr(exc, "__notes__", []), "in the handler's process:\n" + tb]
-        raise exc
-    type_name, message, tb = payload
-    raise HandlerProcessError(f"{type_name}: {message}\n{tb}")
+    return unpack(kind, payload)

@@ -211,6 +211,8 @@ class Scheduler(Service):
             "args": schedule.args_json,
             "priority": priority,
             "max_attempts": max_attempts,
+            # Its args are this app's: written for the task's version as declared here.
+            "version": self.registry.version(schedule.task),
             "ticks": ticks,
             "keys": [tick_key(schedule.name, t) for t in ticks],
             "allow_overlap": schedule.overlap == "allow",

@@ -59,7 +59,9 @@ from jobqueue.worker.heartbeat import Heartbeat
 from jobqueue.worker.lifecycle import Lifecycle
 from jobqueue.worker.listener import Listener, application_name
 from jobqueue.worker.maintenance import Maintenance
+from jobqueue.worker.processes import Limits, ProcessPool
 from jobqueue.worker.progress import ProgressWriter
+from jobqueue.worker.recycler import Recycler
 from jobqueue.worker.scheduler import Scheduler
 from jobqueue.worker.service import Service
 from jobqueue.worker.state import WorkerState
@@ -103,8 +105,22 @@ class WorkerConfig:
     metrics_interval: float = 10.0
     probe_interval: float = 5.0
     probe_timeout: float = 5.0
+    # The process model: children for executor="process" tasks (None: one per
+    # CPU), recycled after so many jobs or past so many MB of resident memory;
+    # with recycle, the same limits apply to this worker itself (under a
+    # supervisor that starts the next one: jobqueue worker --supervise).
+    processes: int | None = None
+    max_jobs_per_child: int | None = None
+    max_memory: float | None = None
+    recycle: bool = False
 
     def __post_init__(self) -> None:
+        if self.processes is not None and self.processes < 1:
+            raise ValueError("processes must be >= 1")
+        if self.max_jobs_per_child is not None and self.max_jobs_per_child < 1:
+            raise ValueError("max_jobs_per_child must be >= 1")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError("max_memory must be > 0 MB")
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if not self.queues:
@@ -166,6 +182,8 @@ class Worker:
         self.released = 0
         self.abandoned_threads = False
         self.crashed: tuple[str, BaseException] | None = None
+        #: Why this worker stopped to be recycled (config.recycle), if it did.
+        self.recycled: str | None = None
         self.stats: dict[str, int] = {}
         self.metrics: WorkerMetrics | None = None
         self.metrics_port: int | None = None  # the bound port, once serving
@@ -264,10 +282,17 @@ class Worker:
         if any(t.transactional for t in self.registry.tasks.values()):
             self.transactions = Transactions(self.settings, self.id, cfg.concurrency,
                                              application_name())
+        processes = None
+        memory = None if cfg.max_memory is None else int(cfg.max_memory * 2**20)
+        if any(t.executor == "process" for t in self.registry.tasks.values()):
+            processes = ProcessPool(self.registry.tasks, cfg.processes or os.cpu_count() or 1,
+                                    self.log, limits=Limits(cfg.max_jobs_per_child, memory))
+            processes.start()  # forked now, with the app loaded and before any job
         self.executor = executor = Executor(self.registry.tasks, state, completer,
                                             Lifecycle(self.log, self.metrics), self.log,
                                             result_limit=self.registry.payload_limit,
-                                            progress=progress, transactions=self.transactions)
+                                            progress=progress, transactions=self.transactions,
+                                            processes=processes)
         claimer = Claimer(store.schema, self.id, cfg.queues, cfg.lease,
                           weights=cfg.queue_weights, fair_every=cfg.fair_every,
                           attempts=self.registry.attempts(),
@@ -314,6 +339,9 @@ class Worker:
             # Only workers whose app defines schedules compete to fire them; a
             # burst worker drains and exits, so it takes no part in scheduling.
             services.append(Scheduler(store, self.registry, self.log))
+        if cfg.recycle and (cfg.max_jobs_per_child is not None or memory is not None):
+            services.append(Recycler(state, self.log, self._recycle,
+                                     max_jobs=cfg.max_jobs_per_child, max_memory=memory))
         self.notifier = Notifier()
         services += [fetcher, SystemdService(self.notifier, lambda: (
             f"{len(state.inflight)} in flight, {state.started} started, "
@@ -358,6 +386,11 @@ class Worker:
         if self.metrics is not None:
             self.metrics.close()
 
+    def _recycle(self, reason: str) -> None:
+        self.recycled = reason
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
     def _service_crashed(self, service: Service, exc: BaseException) -> None:
         # A bug, not a database fault (those are retried inside each loop):
         # stop gracefully and exit non-zero so a supervisor restarts us.
@@ -373,6 +406,8 @@ class Worker:
         services = list(self.services.values())
         # Buffered jobs are not started any more: they go back to the queue.
         self.executor.stop_starting()
+        if self.executor.processes is not None:
+            self.executor.processes.draining()
         for job in state.buffer:
             self.executor.completer.record(Outcome.released(job))
         state.buffer.clear()
@@ -387,6 +422,8 @@ class Worker:
             cancelled = await self.executor.cancel_all()
             self.log.warning("worker.grace_expired", unfinished=cancelled)
         self.abandoned_threads = self.executor.threads_busy()
+        if self.executor.processes is not None:
+            await self.executor.processes.close()  # what still runs there is released below
         # ... then stops the rest, last started first (the completer flushes).
         for service in reversed(services):
             if not service.intake:

@@ -323,7 +323,7 @@ def test_pause_stops_every_worker_within_a_second_and_resume_runs_the_jobs(
     assert {line[0]: line[column] for line in lines} == {"p": "yes", "r": "no"}
     assert json.loads(cli.ok("queue", "list", "--json"))[0] == {
         "name": "p", "paused": True, "max_running": None, "rate_limit": None,
-        "rate_period": None}
+        "rate_period": None, "max_ready": None, "reject_when_full": False}
 
     runs = read_runs(admin, schema)
     p_runs = [r for r in runs if r.queue == "p"]

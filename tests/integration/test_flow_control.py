@@ -333,9 +333,9 @@ def test_limits_are_validated_and_listed(app: JobQueue) -> None:
     listed = {s.name: s.as_dict() for s in app.queues.settings()}
     assert listed == {
         "q": {"name": "q", "paused": False, "max_running": 3, "rate_limit": 10,
-              "rate_period": 60.0},
+              "rate_period": 60.0, "max_ready": None, "reject_when_full": False},
         "r": {"name": "r", "paused": True, "max_running": None, "rate_limit": None,
-              "rate_period": None}}
+              "rate_period": None, "max_ready": None, "reject_when_full": False}}
     app.queues.set_limits("q")  # clears both
     app.queues.resume("r")
     assert [(s.name, s.paused, s.limited) for s in app.queues.settings()] == \

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "jobqueue.outcome", "jobqueue.log")),
     ("pure logic", ("jobqueue.payload", "jobqueue.tasks", "jobqueue.cron",
                     "jobqueue.registry", "jobqueue.enqueue", "jobqueue.workflow",
-                    "jobqueue.tracing")),
+                    "jobqueue.tracing", "jobqueue.backpressure")),
     ("store", ("jobqueue.sql", "jobqueue.embedded", "jobqueue.db")),
     ("admin", ("jobqueue.dead", "jobqueue.queues", "jobqueue.doctor", "jobqueue.metrics",
                "jobqueue.results")),

@@ -240,3 +240,16 @@ def test_probe_channel_is_per_worker_and_a_valid_identifier_length() -> None:
     assert a != b
     assert len(a.encode()) <= 63
     assert probe_channel("s", "w") == probe_channel("s", "w")
+
+
+def test_backpressure_gauges_only_for_limited_queues() -> None:
+    m = WorkerMetrics()
+    m.leader = True
+    m.set_snapshot(Snapshot(queues=[overview("free", queued=50),
+                                    overview("capped", queued=10, max_ready=10),
+                                    overview("roomy", queued=3, max_ready=10)], workers=[]))
+    assert sample(m, "jobqueue_queue_max_ready", queue="capped") == 10
+    assert sample(m, "jobqueue_queue_full", queue="capped") == 1
+    assert sample(m, "jobqueue_queue_full", queue="roomy") == 0
+    assert sample(m, "jobqueue_queue_max_ready", queue="free") is None
+    assert sample(m, "jobqueue_queue_full", queue="free") is None

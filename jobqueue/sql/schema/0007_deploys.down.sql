@@ -1,0 +1,4 @@
+-- Reverts 0007_deploys.
+ALTER TABLE {schema}.queues DROP COLUMN max_ready, DROP COLUMN reject_when_full;
+ALTER TABLE {schema}.dead_jobs DROP COLUMN version;
+ALTER TABLE {schema}.jobs DROP COLUMN version;

@@ -1,0 +1,19 @@
+-- jobqueue schema, revision 0007: payload versions and queue backpressure.
+-- The schema placeholder is replaced by the quoted schema identifier.
+
+-- The version of its task's payload a job was enqueued for
+-- (@app.task(version=N)). During a rolling deploy old and new workers share a
+-- queue: a worker upgrades older args before it calls the handler, and hands
+-- back (without counting an attempt) a job newer than it knows. A constant
+-- default is stored in the catalog (Postgres 11+), so adding it does not
+-- rewrite the table, and every job enqueued before stays version 1.
+ALTER TABLE {schema}.jobs ADD COLUMN version integer NOT NULL DEFAULT 1;
+-- A dead job keeps it, so that a replay is upgraded like any older job.
+ALTER TABLE {schema}.dead_jobs ADD COLUMN version integer NOT NULL DEFAULT 1;
+
+-- Backpressure: at most max_ready jobs waiting in the queue before enqueue
+-- pushes back, by a warning (and a metric) or, with reject_when_full, by
+-- raising QueueFull before anything is inserted.
+ALTER TABLE {schema}.queues
+    ADD COLUMN max_ready integer CONSTRAINT queues_max_ready_check CHECK (max_ready > 0),
+    ADD COLUMN reject_when_full boolean NOT NULL DEFAULT false;
