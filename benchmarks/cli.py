@@ -557,6 +557,26 @@ def run_otel(as_json: JsonOpt = False,
         raise typer.Exit(1)
 
 
+@app.command("backpressure")
+def run_backpressure(dsn: DsnOpt = None, as_json: JsonOpt = False,
+                     backlogs: Annotated[str, typer.Option("--backlogs")] = "10000,1000000",
+                     bp_jobs: Annotated[int, typer.Option("--bp-jobs", min=10)] = 300,
+                     ) -> None:
+    """What a queue's max_ready check adds to one enqueue, at each backlog (ready jobs)."""
+    from benchmarks import backpressure
+
+    found = backpressure.measure(_settings(dsn, "jobqueue", 200, 10, 100, 300).dsn,
+                                 tuple(_sizes(backlogs)), jobs=bp_jobs)
+    if as_json:
+        print(json.dumps(found))
+        return
+    print(f"one enqueue per transaction, max_ready {found['max_ready']:,} (warn), median of "
+          f"{found['rounds']} rounds of {found['jobs_per_round']}:")
+    for backlog, t in found["backlogs"].items():
+        print(f"  backlog {backlog:>9,}: limited queue {t['limited_us']} µs, unlimited "
+              f"{t['free_us']} µs, the check {t['check_us']} µs")
+
+
 @app.command("cpu")
 def run_cpu(dsn: DsnOpt = None, as_json: JsonOpt = False,
             cpu_jobs: Annotated[int, typer.Option("--cpu-jobs", min=1)] = 8,

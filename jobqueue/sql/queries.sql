@@ -492,18 +492,14 @@ JOIN pg_attribute AS a
 -- name: backpressure
 -- Every queue with a max_ready (what a producer caches for a couple of
 -- seconds) and, for the queues an enqueue is about to fill (%(queues)s), its
--- ready jobs counted no further than max_ready: an index-only walk of
--- jobs_oldest_idx in run_at order that stops after max_ready entries, so the
--- check costs the same under a backlog of 100 or of 10M. CASE runs the count
--- only for those queues. "Ready" is what `stats` calls queued: due now, not
--- scheduled for later (retries backing off, delays).
+-- ready jobs counted no further than max_ready (ready_capped, in
+-- 0007_deploys.sql: an index-only walk of jobs_oldest_idx that stops after
+-- max_ready entries, so the check costs the same under a backlog of 100 or of
+-- 10M). CASE runs the count only for those queues. "Ready" is what `stats`
+-- calls queued: due now, not scheduled for later (retries backing off, delays).
 SELECT q.name AS queue, q.max_ready, q.reject_when_full,
        CASE WHEN q.name = ANY(%(queues)s::text[]) THEN
-           (SELECT count(*)
-            FROM (SELECT 1 FROM {schema}.jobs AS j
-                  WHERE j.queue = q.name AND j.state = 'queued' AND j.run_at <= now()
-                  ORDER BY j.run_at
-                  LIMIT q.max_ready) AS capped)::integer
+           {schema}.ready_capped(q.name, q.max_ready)
        END AS ready
 FROM {schema}.queues AS q
 WHERE q.max_ready IS NOT NULL

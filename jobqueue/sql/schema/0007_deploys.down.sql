@@ -1,4 +1,5 @@
 -- Reverts 0007_deploys.
+DROP FUNCTION {schema}.ready_capped(text, integer);
 ALTER TABLE {schema}.queues DROP COLUMN max_ready, DROP COLUMN reject_when_full;
 ALTER TABLE {schema}.dead_jobs DROP COLUMN version;
 ALTER TABLE {schema}.jobs DROP COLUMN version;
