@@ -24,13 +24,13 @@ Dsn = Annotated[
 Schema = Annotated[
     str | None,
     typer.Option("--schema", envvar="JOBQUEUE_SCHEMA", show_envvar=True,
-                 help="Schema holding the jobqueue tables. [default: jobqueue]"),
+                 help="Schema holding the jobqueue tables (default: jobqueue)."),
 ]
 Pooler = Annotated[
     str | None,
     typer.Option("--pooler", envvar="JOBQUEUE_POOLER", show_envvar=True,
                  help="What sits between jobqueue and Postgres: none, or transaction "
-                      "(PgBouncer in transaction mode). [default: none]"),
+                      "(PgBouncer in transaction mode; default: none)."),
 ]
 ListenDsn = Annotated[
     str | None,

@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         queues: Annotated[str | None, typer.Option(
             "--queues", "-q",
             help="Comma-separated queues, each optionally weighted: a:3,b:1 takes a first "
-                 "three times as often as b. [default: the app's default queue]")]
+                 "three times as often as b. (default: the app's default queue)")]
         = None,
         concurrency: Annotated[int, typer.Option(
             "--concurrency", "-c", min=1, help="Handlers running at once.")] = DEFAULT_CONCURRENCY,
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
             "--prefetch", min=0,
             help="Claimed jobs held ready beyond the running ones (leased, heartbeated, "
                  "released at shutdown); 0: claim only for free slots. "
-                 "[default: 4 x concurrency]")] = None,
+                 "(default: 4 x concurrency, more for short jobs)")] = None,
         burst: Annotated[bool, typer.Option("--burst", help="Drain ready jobs, then exit 0.")]
         = False,
         shutdown_timeout: Annotated[float, typer.Option(
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
                  "(0: never).")] = 10,
         processes: Annotated[int | None, typer.Option(
             "--processes", min=1,
-            help="Child processes for executor=\"process\" tasks. [default: one per CPU]")]
+            help="Child processes for executor=\"process\" tasks (default: one per CPU).")]
         = None,
         max_jobs_per_child: Annotated[int | None, typer.Option(
             "--max-jobs-per-child", min=1,

@@ -288,6 +288,9 @@ class Worker:
             processes = ProcessPool(self.registry.tasks, cfg.processes or os.cpu_count() or 1,
                                     self.log, limits=Limits(cfg.max_jobs_per_child, memory))
             processes.start()  # forked now, with the app loaded and before any job
+            self.log.info("worker.processes", size=processes.size, pids=processes.pids,
+                          max_jobs_per_child=cfg.max_jobs_per_child,
+                          max_memory_mb=cfg.max_memory)
         self.executor = executor = Executor(self.registry.tasks, state, completer,
                                             Lifecycle(self.log, self.metrics), self.log,
                                             result_limit=self.registry.payload_limit,

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from jobqueue import JobQueue
 from tests.acceptance import support
 from tests.faults import Db
 
@@ -35,6 +36,17 @@ def workers(env: dict[str, str], tmp_path: Path) -> Iterator[support.Workers]:
         yield fleet
     finally:
         fleet.cleanup()
+
+
+@pytest.fixture
+def producer(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[JobQueue]:
+    """The test's own JobQueue over the test schema, with the effects table the worker
+    apps record into; it enqueues by task name (strict=False), as a producer that does
+    not import the worker's code would."""
+    support.create_effects(admin, migrated)
+    queue = JobQueue(pg_dsn, schema=migrated)
+    yield queue
+    queue.close()
 
 
 @pytest.fixture

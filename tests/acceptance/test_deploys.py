@@ -9,26 +9,16 @@ worker too old for the job, and every job is run by a worker that can run it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from jobqueue import JobQueue
-from tests.acceptance.support import Workers, create_effects
+from tests.acceptance.support import Workers
 from tests.helpers import count, wait_until
 
 V1, V2 = "tests.apps.versions_v1:app", "tests.apps.versions_v2:app"
-
-
-@pytest.fixture
-def producer(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[JobQueue]:
-    create_effects(admin, migrated)
-    queue = JobQueue(pg_dsn, schema=migrated)
-    yield queue
-    queue.close()
 
 
 def effects(admin: psycopg.Connection[Any], schema: str) -> list[tuple[int, str, str]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +19,10 @@ import pytest
 from psycopg import sql
 
 from jobqueue import JobQueue
-from tests.acceptance.support import Workers, create_effects
+from tests.acceptance.support import Workers
 from tests.helpers import count, wait_until
 
 APP = "tests.apps.process_app:app"
-
-
-@pytest.fixture
-def producer(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[JobQueue]:
-    create_effects(admin, migrated)
-    queue = JobQueue(pg_dsn, schema=migrated)
-    yield queue
-    queue.close()
 
 
 def runs(admin: psycopg.Connection[Any], schema: str, task: str,

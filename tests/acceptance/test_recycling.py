@@ -9,35 +9,25 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from jobqueue import JobQueue
 from jobqueue.protocol import RECYCLE_EXIT_CODE
-from tests.acceptance.support import Workers, create_effects
+from tests.acceptance.support import Workers
 from tests.acceptance.test_processes import children
 from tests.helpers import count, wait_until
 
 APP = "tests.apps.process_app:app"
 
 
-@pytest.fixture
-def producer(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[JobQueue]:
-    create_effects(admin, migrated)
-    queue = JobQueue(pg_dsn, schema=migrated)
-    yield queue
-    queue.close()
-
-
 def pids_by_job(admin: psycopg.Connection[Any], schema: str, task: str) -> dict[int, int]:
     rows = admin.execute(sql.SQL("SELECT job_id, pid FROM {} WHERE task = %s").format(
         sql.Identifier(schema, "effects")), (task,)).fetchall()
     assert len(rows) == len({r[0] for r in rows}), "a job ran twice"
-    return dict(rows)  # type: ignore[arg-type]
+    return dict(rows)
 
 
 def all_succeeded_once(admin: psycopg.Connection[Any], schema: str, ids: list[int]) -> None:

@@ -10,7 +10,6 @@ a killable child process) are covered.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,12 @@ import pytest
 from psycopg import sql
 
 from jobqueue import JobQueue
-from tests.acceptance.support import Workers, create_effects, effects
+from tests.acceptance.support import Workers, effects
 from tests.helpers import count, wait_until
 
 N = 20
 # async on the loop; sync in the thread pool; sync with a timeout, in a forked child
 TASKS = ["slow", "slow_sync", "slow_forked"]
-
-
-@pytest.fixture
-def producer(pg_dsn: str, migrated: str, admin: psycopg.Connection[Any]) -> Iterator[JobQueue]:
-    create_effects(admin, migrated)
-    queue = JobQueue(pg_dsn, schema=migrated)
-    yield queue
-    queue.close()
 
 
 def enqueue_gated(producer: JobQueue, task: str, gate: Path, seconds: float) -> list[int]:

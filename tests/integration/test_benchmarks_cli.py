@@ -238,3 +238,28 @@ def test_the_dashboard_benchmark_times_every_page(pg_dsn: str) -> None:
     assert found["worst_ms"] == max(t["max_ms"] for t in found["pages"].values())
     # Speed is not asserted here; the exit status is the verdict on the target.
     assert proc.returncode == (0 if found["met"] else 1), proc.stderr
+
+
+def test_the_cpu_benchmark_drains_both_ways_and_gives_the_ratio(pg_dsn: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "cpu", "--dsn", pg_dsn,
+                           "--cpu-jobs", "2", "--cpu-seconds", "0.05", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    found = json.loads(proc.stdout)
+    assert found["jobs"] == 2 and found["rounds"] >= 1
+    assert found["threads_s"] > 0 and found["processes_s"] > 0
+    assert found["ratio"] == pytest.approx(found["processes_s"] / found["threads_s"], abs=0.01)
+    # Speed is not asserted here; the exit status is the verdict on the target.
+    assert proc.returncode == (0 if found["met"] else 1), proc.stderr
+
+
+def test_the_backpressure_benchmark_times_the_check_at_each_backlog(pg_dsn: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "backpressure", "--dsn", pg_dsn,
+                           "--backlogs", "100,2000", "--bp-jobs", "10", "--json"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert set(found["backlogs"]) == {"100", "2000"}
+    for timing in found["backlogs"].values():
+        assert timing["limited_us"] > 0 and timing["free_us"] > 0
+        assert timing["check_us"] == pytest.approx(timing["limited_us"] - timing["free_us"],
+                                                   abs=0.2)
