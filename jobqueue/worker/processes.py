@@ -33,12 +33,14 @@ import multiprocessing
 import os
 import resource
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from jobqueue.config import DEFAULT_PROGRESS_INTERVAL
 from jobqueue.tasks import JobContext, Task
 from jobqueue.worker.forked import call_message, died, in_child, unpack
 
@@ -74,12 +76,29 @@ class Limits:
                 or (self.max_memory is not None and resident_bytes() > self.max_memory))
 
 
-def _handler_call(task: Task, request: Request, out: Connection) -> Callable[[], Any]:
+class _Progress:
+    """A child's ``ctx.progress()`` on its way to the parent, which writes it as for any
+    job: sent at most every ``DEFAULT_PROGRESS_INTERVAL`` (a handler may call it in a
+    tight loop), the last value always with the job's answer."""
+
+    def __init__(self, out: Connection) -> None:
+        self.out = out
+        self.sent_at = 0.0
+        self.unsent: str | None = None
+
+    def report(self, ctx: JobContext) -> None:
+        now = time.monotonic()
+        if now - self.sent_at >= DEFAULT_PROGRESS_INTERVAL:
+            self.sent_at, self.unsent = now, None
+            self.out.send(("progress", ctx.last_progress))
+        else:
+            self.unsent = ctx.last_progress
+
+
+def _handler_call(task: Task, request: Request, progress: _Progress) -> Callable[[], Any]:
     ctx = None
     if request.context is not None:
-        # Progress goes to the parent, which writes it as for any job.
-        ctx = JobContext(**request.context,
-                         _on_progress=lambda c: out.send(("progress", c.last_progress)))
+        ctx = JobContext(**request.context, _on_progress=progress.report)
     args = request.args
     if task.is_async:
         fn = task.fn
@@ -103,7 +122,10 @@ def _serve(tasks: Mapping[str, Task], conn: Connection, parent: int, limits: Lim
                 break
             if request is None:
                 break
-            kind, payload = call_message(_handler_call(tasks[request.task], request, conn))
+            progress = _Progress(conn)
+            kind, payload = call_message(_handler_call(tasks[request.task], request, progress))
+            if progress.unsent is not None:
+                conn.send(("progress", progress.unsent))
             served += 1
             retire = limits.reached(served)
             conn.send((kind, payload, retire, resident_bytes()))

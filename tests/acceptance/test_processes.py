@@ -204,3 +204,16 @@ def test_a_child_killed_while_idle_costs_no_attempt(producer: JobQueue, workers:
     assert [r[2] for r in runs(admin, schema, "crunch")] != [idle]
     assert worker.events("process.died") == []
     assert worker.stop() == 0, worker.log()
+
+
+def test_progress_in_a_tight_loop_keeps_its_last_value(producer: JobQueue, workers: Workers,
+                                                       admin: psycopg.Connection[Any],
+                                                       schema: str) -> None:
+    job = producer.enqueue("progress_storm", {"n": 100_000}, strict=False, queue="proc")
+    worker = workers.start("--queues", "proc", "--processes", "1", app=APP)
+    wait_until(lambda: job in history(admin, schema), 60, message="the job ran")
+    progress = producer.job(job).progress
+    assert progress is not None
+    assert (progress["done"], progress["total"], progress["note"]) == (100_000, 100_000,
+                                                                       "step 100000")
+    assert worker.stop() == 0, worker.log()

@@ -121,3 +121,11 @@ def leak_in_child(ctx: JobContext, mb: int, seconds: float = 0.0) -> int:
 @app.task(queue="leaky_worker", pass_context=True)
 def leak_in_worker(ctx: JobContext, mb: int, seconds: float = 0.0) -> int:
     return _leak(ctx, "leak_in_worker", mb, seconds)
+
+
+@app.task(executor="process", queue="proc", pass_context=True)
+def progress_storm(ctx: JobContext, n: int) -> int:
+    """Reports progress in a tight loop: the pipe must not carry every call."""
+    for i in range(1, n + 1):
+        ctx.progress(i, n, f"step {i}")
+    return n
