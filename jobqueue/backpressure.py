@@ -86,8 +86,11 @@ class Backpressure:
             return True
         return not self.limited.isdisjoint(queues)
 
-    def must_ask_readable(self) -> bool:
-        return self._readable is not True
+    @property
+    def readable(self) -> bool:
+        """Whether this role is known to be allowed to read the limits (until then,
+        the check asks the catalog first)."""
+        return self._readable is True
 
     def set_readable(self, readable: bool) -> None:
         first = self._readable is None
@@ -97,9 +100,6 @@ class Backpressure:
                 "queue.limits_unreadable",
                 note="this role may not read the queues' max_ready: enqueue does not check "
                      "it (grant it with `jobqueue migrate --grant-producer ROLE`)")
-
-    def must_check(self) -> bool:
-        return self._readable is True
 
     def invalidate(self) -> None:
         """Read the limits again at the next enqueue (this app just changed them)."""

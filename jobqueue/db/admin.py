@@ -115,13 +115,13 @@ def backpressured(gate: Backpressure, schema: str, queues: Sequence[str],
     Only what is due runs: the catalog's "may this role read the limits?" once,
     then one statement that reads the limits and counts the batch's limited queues.
     """
-    if gate.must_ask_readable():
+    if not gate.readable:
         readable = yield scalar("backpressure_readable", {
             "queues": Identifier(schema, "queues").as_string(None),
             "jobs": Identifier(schema, "jobs").as_string(None)})
         gate.set_readable(readable is True)
     full: list[QueueLoad] = []
-    if gate.must_check():
+    if gate.readable:
         loads: list[QueueLoad] = yield rows("backpressure", {"queues": sorted(set(queues))},
                                             QueueLoad)
         full = gate.judge(loads)

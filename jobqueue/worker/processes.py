@@ -71,9 +71,9 @@ class Limits:
     max_jobs: int | None = None
     max_memory: int | None = None  # bytes of RSS
 
-    def reached(self, served: int) -> bool:
+    def reached(self, served: int, rss: int) -> bool:
         return ((self.max_jobs is not None and served >= self.max_jobs)
-                or (self.max_memory is not None and resident_bytes() > self.max_memory))
+                or (self.max_memory is not None and rss > self.max_memory))
 
 
 class _Progress:
@@ -127,8 +127,12 @@ def _serve(tasks: Mapping[str, Task], conn: Connection, parent: int, limits: Lim
             if progress.unsent is not None:
                 conn.send(("progress", progress.unsent))
             served += 1
-            retire = limits.reached(served)
-            conn.send((kind, payload, retire, resident_bytes()))
+            # Read once, and only where a limit or the recycling log needs it.
+            rss = resident_bytes() if limits.max_memory is not None else 0
+            retire = limits.reached(served, rss)
+            if retire and not rss:
+                rss = resident_bytes()
+            conn.send((kind, payload, retire, rss))
             if retire:
                 break
     finally:
@@ -167,10 +171,6 @@ class ProcessPool:
         self._busy: set[Child] = set()
         self._context = multiprocessing.get_context("fork")
         self._closing = False
-        #: Children started, and those replaced because they died or were recycled.
-        self.started = 0
-        self.recycled = 0
-        self.crashed = 0
 
     def start(self) -> None:
         """Fork the children now, while the worker is starting, not on its first job."""
@@ -184,7 +184,6 @@ class ProcessPool:
             name="jobqueue-process", daemon=True)
         process.start()
         child_end.close()
-        self.started += 1
         return Child(process, parent_end)
 
     @property
@@ -219,7 +218,6 @@ class ProcessPool:
                     self._answer(child, on_progress), timeout)
                 keep = not retire
                 if retire:
-                    self.recycled += 1
                     self.log.info("process.recycled", pid=child.pid, jobs=child.jobs,
                                   rss_mb=round(rss / 2**20, 1))
                 return unpack(kind, payload)
@@ -256,7 +254,6 @@ class ProcessPool:
                     message = child.conn.recv()
                 except (EOFError, OSError):
                     await self._reap(child)
-                    self.crashed += 1
                     error = died(child.process.exitcode)
                     self.log.warning("process.died", pid=child.pid,
                                      exitcode=child.process.exitcode, error=str(error))
