@@ -44,7 +44,10 @@ def configure(level: str | None = None, json: bool | None = None, force: bool = 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line (text and newline together; print() makes two):
+        # forked handler processes share this stderr, and a line written in two
+        # pieces can get another process's line between them.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     _configured = True
