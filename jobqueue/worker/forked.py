@@ -87,6 +87,14 @@ def in_child(parent: int) -> None:
     """What a forked handler process does first."""
     _die_with_parent(parent)
     _release_write_locks()
+    # The worker's event loop gets its signals through a wake-up pipe the child
+    # inherited: a signal caught here would be written into it and reach the
+    # worker as its own. A terminal's Ctrl-C signals the whole process group, so
+    # the worker would count a second SIGINT ("exit now") for every child. The
+    # worker alone decides a child's end (it SIGKILLs on timeout and shutdown).
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _child(call: Callable[[], Any], out: Connection, parent: int) -> None:

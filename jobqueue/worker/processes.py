@@ -32,7 +32,6 @@ import functools
 import multiprocessing
 import os
 import resource
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -109,10 +108,7 @@ def _handler_call(task: Task, request: Request, progress: _Progress) -> Callable
 
 def _serve(tasks: Mapping[str, Task], conn: Connection, parent: int, limits: Limits) -> None:
     """A child's life: jobs in, one message each out, until told to stop or recycled."""
-    in_child(parent)
-    signal.set_wakeup_fd(-1)  # the parent loop's, inherited: not ours to write to
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    in_child(parent)  # signals too: the worker alone ends its children
     served = 0
     try:
         while True:

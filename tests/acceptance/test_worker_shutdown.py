@@ -10,6 +10,8 @@ a killable child process) are covered.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,37 @@ def test_grace_expiry_puts_unfinished_jobs_back(task: str, producer: JobQueue, w
     assert attempts == [(1,)]
     assert count(admin, schema, "jobs") == 0
     assert count(admin, schema, "dead_jobs") == 0
+
+
+def test_ctrl_c_to_the_whole_process_group_is_still_one_graceful_stop(
+        producer: JobQueue, workers: Workers, admin: psycopg.Connection[Any], schema: str,
+        tmp_path: Path) -> None:
+    """A terminal's Ctrl-C signals every process of its foreground group: the worker
+    and its forked handler children. A child must neither die of it nor pass it on
+    (it inherited the worker's signal wake-up pipe): one more SIGINT reaching the
+    worker would be the second, "exit now"."""
+    gate = tmp_path / "gate"
+    ids = enqueue_gated(producer, "slow_forked", gate, seconds=0.5)
+    worker = workers.start("--concurrency", str(N), "--shutdown-timeout", "30")
+    wait_until(lambda: effects(admin, schema, "started") == (N, N), 30,
+               message=f"all {N} jobs started")
+    children = {r[0] for r in admin.execute(
+        sql.SQL("SELECT pid FROM {} WHERE phase = 'started'")
+        .format(sql.Identifier(schema, "effects"))).fetchall()}
+    assert len(children) == N and worker.pid not in children
+
+    worker.signal(signal.SIGINT)
+    for pid in children:
+        os.kill(pid, signal.SIGINT)
+    worker.wait_event("worker.stopping")
+    gate.touch()
+    assert worker.wait(60) == 0, worker.log()
+    assert [e["action"] for e in worker.events("worker.signal")] == ["graceful shutdown"]
+    finished = {r[0] for r in admin.execute(
+        sql.SQL("SELECT job_id FROM {} WHERE phase = 'finished'")
+        .format(sql.Identifier(schema, "effects"))).fetchall()}
+    assert finished == set(ids)
+    assert count(admin, schema, "jobs") == 0 and count(admin, schema, "dead_jobs") == 0
 
 
 def test_log_is_json_lines(producer: JobQueue, workers: Workers) -> None:
