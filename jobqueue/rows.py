@@ -230,6 +230,8 @@ class DeadJob:
     replay_count: int
     replayed_at: datetime | None
     replayed_as: int | None
+    #: The payload version its args were enqueued for; a replay keeps it.
+    version: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,6 +310,8 @@ class JobInfo:
     expires_at: datetime | None
     #: The workflow the job is a node of, if any.
     workflow_id: int | None = None
+    #: The payload version its args were enqueued for (@app.task(version=N)).
+    version: int = 1
 
     @property
     def finished(self) -> bool:

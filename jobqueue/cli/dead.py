@@ -86,6 +86,8 @@ def show_cmd(job_id: Annotated[int, typer.Argument(help="Dead job id.")],
         typer.echo(f"  replayed:   {job.replay_count}x, last at {job.replayed_at.isoformat()} "
                    f"as job {job.replayed_as}")
     typer.echo(f"  args:       {json.dumps(job.args)}")
+    if job.version != 1:  # unversioned tasks are all version 1: say it only when it tells
+        typer.echo(f"  version:    {job.version} (of the task's payload)")
     for entry in job.errors:
         typer.echo(f"\n-- attempt {entry.get('attempt')} at {entry.get('at')} on "
                    f"{entry.get('worker')}: {entry.get('type')}: {entry.get('message')}")

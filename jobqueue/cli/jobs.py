@@ -57,6 +57,8 @@ def show_cmd(job_id: Annotated[int, typer.Argument(help="Job id.")],
         note = f" - {report.note}" if report.note else ""
         typer.echo(f"  progress:   {report.done:g}{total}{note} (at {report.at.isoformat()})")
     typer.echo(f"  args:       {json.dumps(info.args)}")
+    if info.version != 1:  # unversioned tasks are all version 1: say it only when it tells
+        typer.echo(f"  version:    {info.version} (of the task's payload)")
     if info.state == "succeeded":
         typer.echo(f"  result:     {json.dumps(info.result)}")
     if info.replayed_as:

@@ -128,11 +128,12 @@ WITH done AS (
     INSERT INTO {schema}.job_history (id, queue, task, args, result, attempts, max_attempts,
                                       priority, errors, progress, correlation_id, replay_of,
                                       cron_name, worker, created_at, started_at, finished_at,
-                                      expires_at, workflow_id)
+                                      expires_at, workflow_id, version)
     SELECT id, queue, task, args, nullif(mine -> 2, 'null'), attempts, max_attempts, priority,
            errors, coalesce(nullif(mine -> 3, 'null'), progress), correlation_id, replay_of,
            cron_name, %(worker_id)s, created_at, started_at, statement_timestamp(),
-           statement_timestamp() + make_interval(secs => (mine ->> 1)::float8), workflow_id
+           statement_timestamp() + make_interval(secs => (mine ->> 1)::float8), workflow_id,
+           version
     FROM done WHERE (mine ->> 1)::float8 > 0
 ), advanced AS (
     -- Workflow nodes: each edge from a job that succeeded here is done, with its
@@ -405,7 +406,7 @@ SELECT count(*) FROM {schema}.dead_jobs WHERE {dead_filter};
 -- name: dead_show
 SELECT id, queue, task, args, priority, run_at, attempts, max_attempts, unique_key,
        cron_name, replay_of, created_at, died_at, reason, errors, replay_count,
-       replayed_at, replayed_as
+       replayed_at, replayed_as, version
 FROM {schema}.dead_jobs WHERE id = %(id)s;
 
 -- name: dead_replay
@@ -1231,7 +1232,7 @@ SELECT id, task, queue,
        args, attempts, max_attempts, priority, errors, NULL::jsonb AS result, progress,
        correlation_id, created_at, run_at, started_at, NULL::timestamptz AS finished_at,
        locked_by AS worker, NULL::text AS reason, NULL::bigint AS replayed_as,
-       NULL::timestamptz AS expires_at, workflow_id
+       NULL::timestamptz AS expires_at, workflow_id, version
 FROM {schema}.jobs
 
 -- name: job_info
@@ -1241,13 +1242,13 @@ FROM {schema}.jobs
 UNION ALL
 SELECT id, task, queue, 'succeeded', args, attempts, max_attempts, priority, errors, result,
        progress, correlation_id, created_at, NULL, started_at, finished_at, worker, NULL, NULL,
-       expires_at, workflow_id
+       expires_at, workflow_id, version
 FROM {schema}.job_history WHERE id = %(id)s AND expires_at > now()
 UNION ALL
 SELECT id, task, queue, CASE WHEN reason = 'cancelled' THEN 'cancelled' ELSE 'dead' END,
        args, attempts, max_attempts, priority, errors, NULL, progress, correlation_id,
        created_at, run_at, started_at, died_at, errors -> -1 ->> 'worker', reason, replayed_as,
-       NULL, workflow_id
+       NULL, workflow_id, version
 FROM {schema}.dead_jobs WHERE id = %(id)s
 LIMIT 1;
 

@@ -291,8 +291,7 @@ class Executor:
             return refused
         assert task is not None  # refused otherwise
         try:
-            if job.version < task.version:
-                job.args = task.upgraded(job.args, job.version)
+            job.args = task.upgraded(job.args, job.version)  # as is when current
             if task.transactional:
                 return await self._transact(task, job, ctx, started)
             value = await self._call(task, job, ctx)
@@ -397,8 +396,7 @@ class Executor:
         if refused is not None:
             return refused
         try:
-            if job.version < task.version:
-                job.args = task.upgraded(job.args, job.version)
+            job.args = task.upgraded(job.args, job.version)  # as is when current
             if task.transactional:
                 return self._transact_sync(task, job, ctx, started)
             value = task.fn(ctx, **job.args) if task.pass_context else task.fn(**job.args)

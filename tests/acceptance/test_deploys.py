@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from jobqueue import JobQueue
-from tests.acceptance.support import Workers
+from tests.acceptance.support import Cli, Workers
 from tests.helpers import count, wait_until
 
 V1, V2 = "tests.apps.versions_v1:app", "tests.apps.versions_v2:app"
@@ -27,7 +27,7 @@ def effects(admin: psycopg.Connection[Any], schema: str) -> list[tuple[int, str,
             sql.Identifier(schema, "effects"))).fetchall()]
 
 
-def test_old_and_new_workers_share_a_queue(producer: JobQueue, workers: Workers,
+def test_old_and_new_workers_share_a_queue(producer: JobQueue, workers: Workers, cli: Cli,
                                            admin: psycopg.Connection[Any], schema: str) -> None:
     def enqueue(version: int, n: int, tag: str) -> list[int]:
         if version == 1:
@@ -71,3 +71,11 @@ def test_old_and_new_workers_share_a_queue(producer: JobQueue, workers: Workers,
     assert set(attempts.values()) == {1}  # no attempt was spent on a worker too old
     assert count(admin, schema, "dead_jobs") == 0
     assert len(old.events("job.newer_version")) == 1  # logged once, not per job
+
+    # History keeps the version each job was enqueued for; job show says it.
+    kept = dict(admin.execute(sql.SQL("SELECT id, version FROM {}").format(
+        sql.Identifier(schema, "job_history"))).fetchall())
+    assert {j: kept[j] for j in v2_jobs} == dict.fromkeys(v2_jobs, 2)
+    assert {kept[j] for j in v1_jobs + late_v1 + last_v1} == {1}
+    assert "version:    2 (of the task's payload)" in cli.ok("job", "show", str(v2_jobs[0]))
+    assert "version:" not in cli.ok("job", "show", str(v1_jobs[0]))

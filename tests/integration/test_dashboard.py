@@ -90,6 +90,9 @@ def test_every_page_renders_with_what_the_queue_holds(jobs: JobQueue, web: TestC
     assert "Doctor" in pages["/doctor"].text and "autovacuum" in pages["/doctor"].text
     assert web.get("/jobs/999999").status_code == 404
     assert web.get("/jobs/nope").status_code == 404
+    assert 'id="version"' not in detail  # an unversioned task's jobs are all version 1
+    newer = jobs.enqueue("ok", {"n": 1}, version=2)
+    assert '<dd id="version">2</dd>' in web.get(f"/jobs/{newer}").text
 
 
 def test_the_json_api(jobs: JobQueue, web: TestClient) -> None:

@@ -78,8 +78,10 @@ def test_older_args_are_upgraded_step_by_step(app: JobQueue,
     assert drain(app).succeeded == 3
     assert sorted(s["size"][0] for s in seen) == [7, 8, 9]
     assert app.result(v1) == [7, 7] and app.result(v2) == [8, 8] and app.result(v3) == [9, 9]
-    # The job's own args stay as enqueued: history shows what the producer sent.
-    assert app.job(v1).args == {"width": 7}
+    # The job's own args stay as enqueued: history shows what the producer sent,
+    # and for which version.
+    assert (app.job(v1).args, app.job(v1).version) == ({"width": 7}, 1)
+    assert (app.job(v2).version, app.job(v3).version) == (2, 3)
 
 
 def test_a_missing_upgrade_step_is_a_permanent_failure(app: JobQueue) -> None:
@@ -111,6 +113,7 @@ def test_a_newer_job_goes_back_without_an_attempt(app: JobQueue,
                                 "WHERE id = %s").format(sql.Identifier(app.schema, "jobs")),
                         (newer,)).fetchone()
     assert row == (0, [], "queued", True)  # not counted, no error, due again shortly
+    assert (app.job(newer).state, app.job(newer).version) == ("scheduled", 2)
     assert count(admin, app.schema, "dead_jobs") == 0
     assert app.job(older).state == "succeeded"
 
@@ -135,6 +138,20 @@ def test_a_replay_keeps_the_version_and_is_upgraded(app: JobQueue,
     assert set(versions(admin, app.schema).values()) == {1}
     assert drain(app).succeeded == 1
     assert seen == [["a@example.com"]]
+
+
+def test_every_place_a_job_can_be_says_its_version(app: JobQueue) -> None:
+    @app.task(version=2, max_attempts=1)
+    def render(ok: bool) -> None:
+        if not ok:
+            raise RuntimeError("no")
+
+    live = app.enqueue(render, {"ok": True}, delay=3600)
+    done, dead = app.enqueue(render, {"ok": True}), app.enqueue(render, {"ok": False})
+    drain(app)
+    assert [app.job(j).state for j in (live, done, dead)] == ["scheduled", "succeeded", "dead"]
+    assert [app.job(j).version for j in (live, done, dead)] == [2, 2, 2]
+    assert app.dead.get(dead).version == 2
 
 
 def test_the_readme_example(pg_dsn: str, migrated: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,10 @@
 ALTER TABLE {schema}.jobs ADD COLUMN version integer NOT NULL DEFAULT 1;
 -- A dead job keeps it, so that a replay is upgraded like any older job.
 ALTER TABLE {schema}.dead_jobs ADD COLUMN version integer NOT NULL DEFAULT 1;
+-- And so does a succeeded one in job_history, so app.job(id) and job show tell
+-- which version a job ran as, wherever it is. (On the partitioned parent: the
+-- partitions have it too.)
+ALTER TABLE {schema}.job_history ADD COLUMN version integer NOT NULL DEFAULT 1;
 
 -- Backpressure: at most max_ready jobs waiting in the queue before enqueue
 -- pushes back, by a warning (and a metric) or, with reject_when_full, by
