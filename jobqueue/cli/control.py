@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
 from jobqueue.cli.options import Dsn, Json, Schema, plain_app
 from jobqueue.cli.output import emit_json, fail, table
+from jobqueue.rows import QueueSettings
 
 queue_app = typer.Typer(help="Pause, resume and limit queues for every worker.",
                         no_args_is_help=True)
@@ -41,24 +43,47 @@ def limit_cmd(
     max_ready: Annotated[int | None, typer.Option(
         "--max-ready", min=1, help="Backpressure: once N jobs of NAME are ready, an enqueue "
         "warns (and counts), or with --reject raises QueueFull.")] = None,
-    reject: Annotated[bool, typer.Option(
-        "--reject", help="With --max-ready: refuse enqueues into a full NAME.")] = False,
+    reject: Annotated[bool | None, typer.Option(
+        "--reject/--warn", help="What an enqueue into NAME does once it holds --max-ready "
+        "ready jobs: refuse (QueueFull) or warn.", show_default=False)] = None,
+    clear: Annotated[bool, typer.Option(
+        "--clear", help="Drop NAME's limits first: only the ones given remain.")] = False,
     dsn: Dsn = None, schema: Schema = None,
 ) -> None:
-    """Set NAME's fleet-wide limits; omitted limits are cleared."""
+    """Set NAME's fleet-wide limits; the ones not given stay as they are (see --clear)."""
     if (rate is None) != (per is None):
         raise fail("--rate and --per go together (e.g. --rate 100 --per 60)")
-    if reject and max_ready is None:
-        raise fail("--reject needs --max-ready (e.g. --max-ready 10000 --reject)")
+    if not clear and all(v is None for v in (max_running, rate, max_ready, reject)):
+        raise fail("give a limit to set (--max-running, --rate/--per, --max-ready), "
+                   "or --clear to drop them all")
     jq = plain_app(dsn, schema)
     with jq.connect() as conn:
-        jq.queues.set_limits(name, max_running=max_running, rate_limit=rate, rate_period=per,
-                             max_ready=max_ready, reject_when_full=reject, conn=conn)
-    parts = [f"max running {max_running}" if max_running else "no concurrency limit",
-             f"{rate} per {per:g}s" if rate and per else "no rate limit",
-             f"max ready {max_ready} ({_when_full(reject)} when full)" if max_ready
-             else "no ready limit"]
-    typer.echo(f"queue {name!r}: " + ", ".join(parts))
+        # Read and set on one connection: an operator's command, not a hot path.
+        kept = QueueSettings(name) if clear else next(
+            iter(jq.queues.settings([name], conn=conn)), QueueSettings(name))
+        limits = replace(
+            kept,
+            max_running=kept.max_running if max_running is None else max_running,
+            rate_limit=kept.rate_limit if rate is None else rate,
+            rate_period=kept.rate_period if per is None else per,
+            max_ready=kept.max_ready if max_ready is None else max_ready,
+            reject_when_full=kept.reject_when_full if reject is None else reject)
+        if limits.reject_when_full and limits.max_ready is None:
+            raise fail("--reject needs --max-ready (e.g. --max-ready 10000 --reject)")
+        jq.queues.set_limits(name, max_running=limits.max_running,
+                             rate_limit=limits.rate_limit, rate_period=limits.rate_period,
+                             max_ready=limits.max_ready,
+                             reject_when_full=limits.reject_when_full, conn=conn)
+    typer.echo(f"queue {name!r}: " + _described(limits))
+
+
+def _described(q: QueueSettings) -> str:
+    return ", ".join([
+        f"max running {q.max_running}" if q.max_running else "no concurrency limit",
+        f"{q.rate_limit} per {q.rate_period:g}s" if q.rate_limit and q.rate_period
+        else "no rate limit",
+        f"max ready {q.max_ready} ({_when_full(q.reject_when_full)} when full)" if q.max_ready
+        else "no ready limit"])
 
 
 def _when_full(reject: bool) -> str:

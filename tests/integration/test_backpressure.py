@@ -394,10 +394,22 @@ def test_the_cli_sets_and_lists_max_ready(
     header, _, line = [re.split(r"\s{2,}", row) for row in cli.ok("queue", "list").splitlines()]
     assert dict(zip(header, line, strict=True))["max ready"] == "5"
     assert dict(zip(header, line, strict=True))["when full"] == "reject"
-    assert "max ready 5 (warns when full)" in cli.ok("queue", "limit", "q", "--max-ready", "5")
+    assert "max ready 5 (warns when full)" in cli.ok("queue", "limit", "q", "--warn")
+
+    # A limit given leaves the others as they are; --clear drops the ones not given.
+    assert cli.ok("queue", "limit", "q", "--max-running", "3").strip() == \
+        "queue 'q': max running 3, no rate limit, max ready 5 (warns when full)"
+    assert cli.ok("queue", "limit", "q", "--rate", "10", "--per", "1", "--reject").strip() == \
+        "queue 'q': max running 3, 10 per 1s, max ready 5 (rejects when full)"
+    assert cli.ok("queue", "limit", "q", "--clear", "--max-ready", "7").strip() == \
+        "queue 'q': no concurrency limit, no rate limit, max ready 7 (warns when full)"
+    [q] = [r for r in json.loads(cli.ok("queue", "list", "--json")) if r["name"] == "q"]
+    assert (q["max_running"], q["rate_limit"], q["max_ready"]) == (None, None, 7)
+    assert "no ready limit" in cli.ok("queue", "limit", "q", "--clear")
 
     support.assert_one_error_line(cli("queue", "limit", "q", "--reject"),
                                   "--reject needs --max-ready")
+    support.assert_one_error_line(cli("queue", "limit", "q"), "give a limit to set")
     # A refused enqueue from the shell is one line too.
     cli.ok("queue", "limit", "q", "--max-ready", "1", "--reject")
     cli.ok("enqueue", "t", "--queue", "q")
