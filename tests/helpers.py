@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,3 +66,17 @@ def worker_thread(app: JobQueue, **config: Any) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker did not stop within 60s"
     if errors:
         raise errors[0]
+
+
+def make_role(pg_dsn: str) -> Iterator[str]:
+    """A fresh LOGIN role with no rights, for a fixture to ``yield from``; dropped after."""
+    name = "jqt_role_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        # Its sessions first (a worker's pool may linger for a moment), then its grants.
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE usename = %s", (name,))
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

@@ -8,7 +8,6 @@ granted nothing gets one line that names the missing privilege.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,20 +17,7 @@ from psycopg import sql
 
 from jobqueue import JobContext, JobQueue, PrivilegeError, Retry
 from tests.acceptance import support
-from tests.helpers import count, wait_until, worker_thread
-
-
-def make_role(pg_dsn: str) -> Iterator[str]:
-    name = "jqt_role_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-    yield name
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        # Its sessions first (a worker's pool may linger for a moment), then its grants.
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE usename = %s", (name,))
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+from tests.helpers import count, make_role, wait_until, worker_thread
 
 
 @pytest.fixture

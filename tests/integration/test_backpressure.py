@@ -22,7 +22,6 @@ import contextlib
 import json
 import re
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from jobqueue.config import BACKPRESSURE_TTL, OVER_LIMIT_LOG_INTERVAL
 from jobqueue.db import admin as admin_procedures
 from jobqueue.metrics import EnqueueCollector
 from tests.acceptance import support
-from tests.helpers import count
+from tests.helpers import count, make_role
 from tests.readme import example
 
 Conn = psycopg.Connection[Any]
@@ -308,20 +307,15 @@ def test_clearing_a_limit_lifts_it_and_another_producers_limit_is_seen_within_th
 @pytest.fixture
 def old_producer(pg_dsn: str, app: JobQueue) -> Iterator[str]:
     """A role with the producer rights of before backpressure (no read of the limits)."""
-    role = "jqt_role_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    roles = make_role(pg_dsn)
+    role = next(roles)
     grants = [g for g in admin_procedures.GRANTS["producer"]
               if g != "grant_producer_backpressure"]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         for name in grants:
             conn.execute(app_sql(app, name, role))
     yield role
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                     "WHERE usename = %s", (role,))
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    next(roles, None)  # drops it
 
 
 def app_sql(app: JobQueue, name: str, role: str) -> sql.Composed:
