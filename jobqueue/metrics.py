@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -85,6 +85,14 @@ class ListenerLike(Protocol):
     probe_seconds: float | None
 
 
+class ProcessPoolLike(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def replaced(self) -> Mapping[str, int]: ...
+
+
 @dataclass
 class Snapshot:
     """The fleet-wide numbers of the last leader refresh."""
@@ -116,6 +124,7 @@ class WorkerMetrics:
         self.in_flight: Callable[[], int] = lambda: 0
         self.concurrency = 0
         self.listener: ListenerLike | None = None
+        self.processes: ProcessPoolLike | None = None
         self.leader = False
         self._snapshot: Snapshot | None = None
         self._lock = threading.Lock()
@@ -208,6 +217,17 @@ class _StateCollector(Collector):
                 yield _gauge("jobqueue_listener_probe_seconds",
                              "Round trip of the last LISTEN probe NOTIFY.",
                              listener.probe_seconds)
+        processes = m.processes
+        if processes is not None:
+            yield _gauge("jobqueue_worker_processes", "Child processes of this worker's pool "
+                         "for executor=\"process\" tasks (--processes).", processes.size)
+            replaced = CounterMetricFamily(
+                "jobqueue_worker_process_replacements", "Pool children replaced, by why: "
+                "crashed (died without answering), killed (by the worker, on a timeout or a "
+                "cancel), recycled (--max-jobs-per-child, --max-memory).", labels=["reason"])
+            for reason in ("crashed", "killed", "recycled"):
+                replaced.add_metric([reason], processes.replaced.get(reason, 0))
+            yield replaced
         yield _gauge("jobqueue_gauge_leader", "1 on the worker that refreshes and exports "
                      "the fleet-wide queue gauges.", 1 if m.leader else 0)
         snapshot = m.snapshot

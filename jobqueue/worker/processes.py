@@ -27,6 +27,7 @@ means (finish within the grace period, then kill). They die with the worker
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import multiprocessing
@@ -41,7 +42,7 @@ from typing import Any
 
 from jobqueue.config import DEFAULT_PROGRESS_INTERVAL
 from jobqueue.tasks import JobContext, Task
-from jobqueue.worker.forked import call_message, died, in_child, unpack
+from jobqueue.worker.forked import HandlerProcessDied, call_message, died, in_child, unpack
 
 
 def resident_bytes() -> int:
@@ -167,6 +168,10 @@ class ProcessPool:
         self._busy: set[Child] = set()
         self._context = multiprocessing.get_context("fork")
         self._closing = False
+        #: Children replaced, by why: ``crashed`` (died without answering, busy or
+        #: idle), ``killed`` (by the worker: a timeout or a cancel), ``recycled``
+        #: (--max-jobs-per-child, --max-memory). Exported as a metric.
+        self.replaced: collections.Counter[str] = collections.Counter()
 
     def start(self) -> None:
         """Fork the children now, while the worker is starting, not on its first job."""
@@ -204,28 +209,33 @@ class ProcessPool:
                 # It died while idle (killed from outside): the job never reached
                 # it, so a fresh child takes the job, and nothing was attempted.
                 await self._end(child)
+                self.replaced["crashed"] += 1
                 child = self._spawn()
                 child.conn.send(request)
             self._busy.add(child)
             child.jobs += 1
-            keep = False
+            ended: str | None = "killed"  # unless it answers, or is found dead
             try:
                 kind, payload, retire, rss = await asyncio.wait_for(
                     self._answer(child, on_progress), timeout)
-                keep = not retire
+                ended = "recycled" if retire else None
                 if retire:
                     self.log.info("process.recycled", pid=child.pid, jobs=child.jobs,
                                   rss_mb=round(rss / 2**20, 1))
                 return unpack(kind, payload)
+            except HandlerProcessDied:
+                ended = "crashed"
+                raise
             finally:
                 self._busy.discard(child)
-                if keep:
+                if ended is None:
                     self._idle.append(child)
                 else:
                     # Timed out, cancelled, crashed or retiring: it is not reused,
                     # and a fresh one takes its place now, not on the next job.
                     await self._end(child)
                     if not self._closing:
+                        self.replaced[ended] += 1
                         self._idle.append(self._spawn())
 
     async def _answer(self, child: Child, on_progress: Callable[[str | None], None]

@@ -323,6 +323,7 @@ class Worker:
             self.metrics.in_flight = lambda: len(state.inflight)
             self.metrics.concurrency = cfg.concurrency
             self.metrics.listener = listener
+            self.metrics.processes = processes
             services.append(GaugeRefresher(store, self.metrics, self.log,
                                            interval=cfg.metrics_interval,
                                            worker_timeout=cfg.worker_timeout))

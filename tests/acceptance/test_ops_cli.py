@@ -15,32 +15,17 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue import JobQueue
 from tests.acceptance.support import Cli, WorkerProcess, Workers, closed_port, describe
-from tests.helpers import count, wait_until
+from tests.helpers import Samples, count, scrape, value, wait_until
 
 OPS_APP = "tests.apps.ops_app:app"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 @pytest.fixture
 def producer(pg_dsn: str, migrated: str) -> Iterator[JobQueue]:
     queue = JobQueue(pg_dsn, schema=migrated)
     yield queue
     queue.close()
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def start_with_metrics(workers: Workers, *args: str,

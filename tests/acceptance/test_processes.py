@@ -19,10 +19,21 @@ import pytest
 from psycopg import sql
 
 from jobqueue import JobQueue
-from tests.acceptance.support import Workers
-from tests.helpers import count, wait_until
+from tests.acceptance.support import Workers, closed_port
+from tests.helpers import count, scrape, value, wait_until
 
 APP = "tests.apps.process_app:app"
+
+
+def metrics_args() -> tuple[int, list[str]]:
+    port = closed_port()
+    return port, ["--metrics-port", str(port), "--metrics-addr", "127.0.0.1"]
+
+
+def replacements(port: int) -> dict[str, float | None]:
+    samples = scrape(port)
+    return {reason: value(samples, "jobqueue_worker_process_replacements_total", reason=reason)
+            for reason in ("crashed", "killed", "recycled")}
 
 
 def runs(admin: psycopg.Connection[Any], schema: str, task: str,
@@ -90,7 +101,8 @@ def test_a_dead_child_fails_the_attempt_and_is_replaced(how: str, producer: JobQ
     crashing = producer.enqueue_many([("crash", {"how": how})] * 3, strict=False,
                                       queue="proc")
     doomed = producer.enqueue("always_crash", strict=False, queue="proc")
-    worker = workers.start("--queues", "proc", "--processes", "2", app=APP)
+    port, metrics = metrics_args()
+    worker = workers.start("--queues", "proc", "--processes", "2", *metrics, app=APP)
     wait_until(lambda: count(admin, schema, "jobs") == 0, 60, message="every job ended")
     # Each crashing job died once under its first attempt and succeeded on its second.
     assert [r[:2] for r in runs(admin, schema, "crash", "started")] == \
@@ -105,6 +117,8 @@ def test_a_dead_child_fails_the_attempt_and_is_replaced(how: str, producer: JobQ
     assert "HandlerProcessDied" in errors[0]["type"] and "SIGKILL" in errors[0]["message"]
     assert len(worker.events("process.died")) == 3 + 1
     assert len(children(worker.pid)) == 2  # replaced; the worker goes on
+    assert replacements(port) == {"crashed": 4, "killed": 0, "recycled": 0}
+    assert value(scrape(port), "jobqueue_worker_processes") == 2
     assert worker.stop() == 0, worker.log()
 
 
@@ -112,7 +126,8 @@ def test_timeout_kills_the_child(producer: JobQueue, workers: Workers,
                                  admin: psycopg.Connection[Any], schema: str) -> None:
     job = producer.enqueue("too_slow", {"seconds": 30}, strict=False, queue="proc")
     after = producer.enqueue("crunch", {"seconds": 0.01}, strict=False, queue="cpu")
-    worker = workers.start("--queues", "proc,cpu", "--processes", "1", app=APP)
+    port, metrics = metrics_args()
+    worker = workers.start("--queues", "proc,cpu", "--processes", "1", *metrics, app=APP)
     wait_until(lambda: job in dead(admin, schema), 30, message="the slow job timed out")
     reason, errors = dead(admin, schema)[job]
     assert reason == "timeout" and "process killed" in errors[0]["message"]
@@ -123,6 +138,7 @@ def test_timeout_kills_the_child(producer: JobQueue, workers: Workers,
     assert runs(admin, schema, "too_slow") == []  # killed: it never got past its sleep
     with pytest.raises(ProcessLookupError):
         os.kill(started[0][2], 0)
+    assert replacements(port) == {"crashed": 0, "killed": 1, "recycled": 0}
     assert worker.stop() == 0, worker.log()
 
 

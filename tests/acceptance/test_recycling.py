@@ -17,7 +17,7 @@ from psycopg import sql
 from jobqueue import JobQueue
 from jobqueue.protocol import RECYCLE_EXIT_CODE
 from tests.acceptance.support import Workers
-from tests.acceptance.test_processes import children
+from tests.acceptance.test_processes import children, metrics_args, replacements
 from tests.helpers import count, wait_until
 
 APP = "tests.apps.process_app:app"
@@ -42,8 +42,9 @@ def test_max_jobs_per_child(producer: JobQueue, workers: Workers,
                             admin: psycopg.Connection[Any], schema: str) -> None:
     ids = producer.enqueue_many([("leak_in_child", {"mb": 1})] * 12, strict=False,
                                 queue="leaky")
+    port, metrics = metrics_args()
     worker = workers.start("--queues", "leaky", "--processes", "2",
-                           "--max-jobs-per-child", "3", app=APP)
+                           "--max-jobs-per-child", "3", *metrics, app=APP)
     wait_until(lambda: count(admin, schema, "job_history") == 12, 60, message="all jobs done")
     all_succeeded_once(admin, schema, ids)
     per_child = Counter(pids_by_job(admin, schema, "leak_in_child").values())
@@ -54,6 +55,7 @@ def test_max_jobs_per_child(producer: JobQueue, workers: Workers,
                message=f"{full} recycled children")
     assert worker.pid not in per_child
     assert len(children(worker.pid)) == 2
+    assert replacements(port) == {"crashed": 0, "killed": 0, "recycled": full}
     assert worker.stop() == 0, worker.log()
 
 

@@ -11,29 +11,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobqueue import ConfigError, JobQueue, PermanentError
-from tests.helpers import count, wait_until, worker_thread
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+from tests.helpers import Samples, count, scrape, value, wait_until, worker_thread
 
 
 @pytest.fixture
