@@ -190,6 +190,12 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def metrics_args() -> tuple[int, list[str]]:
+    """A free port, and the worker flags that serve its /metrics there on loopback."""
+    port = closed_port()
+    return port, ["--metrics-port", str(port), "--metrics-addr", "127.0.0.1"]
+
+
 def dsn_with(dsn: str, **changes: Any) -> str:
     """``dsn`` with some connection parameters replaced (works for URIs and key=value)."""
     params = psycopg.conninfo.conninfo_to_dict(dsn)

@@ -38,9 +38,8 @@ def effects_by(db: Db, pid: int) -> list[tuple[int, int]]:
 def test_a_worker_frozen_past_its_lease_reports_lease_lost_not_success(
         app: JobQueue, db: Db, workers: support.Workers, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    port = support.closed_port()
-    a = workers.start("--concurrency", "4", "--prefetch", "4", "--metrics-port", str(port),
-                      "--metrics-addr", "127.0.0.1", app=FAULTY)
+    port, metrics = support.metrics_args()
+    a = workers.start("--concurrency", "4", "--prefetch", "4", *metrics, app=FAULTY)
     a_id = wait_registered(db, a.popen, a.log)
     ids = app.enqueue_many([("gated", {"gate": str(gate)})] * 8, strict=False)
     wait_until(lambda: held_by(db, a_id) == 8, 30, message="A to hold four running, four ready")

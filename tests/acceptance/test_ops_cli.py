@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from jobqueue import JobQueue
-from tests.acceptance.support import Cli, WorkerProcess, Workers, closed_port, describe
+from tests.acceptance.support import Cli, WorkerProcess, Workers, describe, metrics_args
 from tests.helpers import Samples, count, scrape, value, wait_until
 
 OPS_APP = "tests.apps.ops_app:app"
@@ -30,9 +30,8 @@ def producer(pg_dsn: str, migrated: str) -> Iterator[JobQueue]:
 
 def start_with_metrics(workers: Workers, *args: str,
                        env: dict[str, str] | None = None) -> tuple[WorkerProcess, int]:
-    port = closed_port()
-    worker = workers.start("--metrics-port", str(port), "--metrics-addr", "127.0.0.1",
-                           "--metrics-interval", "0.3", *args, app=OPS_APP, env=env)
+    port, metrics = metrics_args()
+    worker = workers.start(*metrics, "--metrics-interval", "0.3", *args, app=OPS_APP, env=env)
     worker.wait_event("worker.started")
     return worker, port
 

@@ -19,15 +19,10 @@ import pytest
 from psycopg import sql
 
 from jobqueue import JobQueue
-from tests.acceptance.support import Workers, closed_port
+from tests.acceptance.support import Workers, metrics_args
 from tests.helpers import count, scrape, value, wait_until
 
 APP = "tests.apps.process_app:app"
-
-
-def metrics_args() -> tuple[int, list[str]]:
-    port = closed_port()
-    return port, ["--metrics-port", str(port), "--metrics-addr", "127.0.0.1"]
 
 
 def replacements(port: int) -> dict[str, float | None]:

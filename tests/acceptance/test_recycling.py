@@ -16,8 +16,8 @@ from psycopg import sql
 
 from jobqueue import JobQueue
 from jobqueue.protocol import RECYCLE_EXIT_CODE
-from tests.acceptance.support import Workers
-from tests.acceptance.test_processes import children, metrics_args, replacements
+from tests.acceptance.support import Workers, metrics_args
+from tests.acceptance.test_processes import children, replacements
 from tests.helpers import count, wait_until
 
 APP = "tests.apps.process_app:app"
